@@ -1,0 +1,60 @@
+"""Draw the gallery thumbnails: the chapters that print text still get a picture.
+
+Each shows a causal mask and the chapter's key API on a mid-dark background
+that reads on both the light and the dark theme. Files are only rewritten when
+their bytes change, so a live-reload server does not see new files on each run.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib as mpl
+
+mpl.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+BACKGROUND = "#24324a"
+CELL_OFF = "#3b4d6b"
+TEXT = "#f4f6fa"
+
+# chapter file stem -> (label, accent colour)
+THUMBNAILS = {
+    "01_mask_left_behind": ("self.mask = ...", "#f28e2b"),
+    "02_register_buffer": ("register_buffer", "#59a14f"),
+    "03_state_dict": ("state_dict()", "#4e9ee6"),
+}
+
+
+def _draw(label: str, accent: str) -> bytes:
+    fig = plt.figure(figsize=(4, 2.8), dpi=100, facecolor=BACKGROUND)
+    grid = fig.add_axes((0.3, 0.34, 0.4, 0.6))
+    size = 6
+    for row in range(size):
+        for col in range(size):
+            colour = accent if col > row else CELL_OFF
+            grid.add_patch(Rectangle((col, size - 1 - row), 0.88, 0.88, color=colour))
+    grid.set_xlim(-0.1, size)
+    grid.set_ylim(-0.1, size)
+    grid.set_aspect("equal")
+    grid.axis("off")
+    fig.text(
+        0.5, 0.13, label, color=TEXT, fontsize=24, family="monospace",
+        weight="bold", ha="center", va="center",
+    )  # fmt: skip
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", facecolor=BACKGROUND, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_thumbnails(folder: Path) -> None:
+    """Write ``<chapter stem>.png`` for every chapter into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, (label, accent) in THUMBNAILS.items():
+        png = _draw(label, accent)
+        path = folder / f"{stem}.png"
+        if not path.exists() or path.read_bytes() != png:
+            path.write_bytes(png)

@@ -1,0 +1,66 @@
+"""Sphinx configuration for the PyTorch Buffers guide."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).parent
+sys.path.insert(0, str(DOCS / "_ext"))
+
+from build_info import build_line
+from thumbnails import write_thumbnails
+
+# -- Project ------------------------------------------------------------------
+project = "PyTorch Buffers"
+author = "The PyTorch Buffers guide authors"
+copyright = "2026, the PyTorch Buffers guide authors"
+
+# -- General ------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx_gallery.gen_gallery",
+    "myst_nb",
+]
+exclude_patterns = [
+    "_build",
+    "jupyter_execute",
+    "**.ipynb_checkpoints",
+    # sphinx-gallery writes notebooks next to its pages; myst-nb must not
+    # read them as a second source for the same page.
+    "auto_examples/*.ipynb",
+]
+nitpicky = True
+myst_enable_extensions = ["colon_fence", "deflist"]
+nb_execution_mode = "cache"
+nb_execution_raise_on_error = True
+
+# -- Gallery ------------------------------------------------------------------
+write_thumbnails(DOCS / "_thumbnails")
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/\d\d_",
+    "within_subsection_order": "FileNameSortKey",
+    "image_scrapers": (),
+    # Dotted names: a function object in the config would fail -W (unpicklable).
+    "reset_modules": ("gallery_hooks.reset_torch",),
+    "remove_config_comments": True,
+    "download_all_examples": True,
+    "capture_repr": ("_repr_html_", "__repr__"),
+    "thumbnail_size": (400, 280),
+    "first_notebook_cell": (
+        "# Needs PyTorch: `pip install torch` (see the guide's README for CPU or "
+        "CUDA builds)."
+    ),
+    "min_reported_time": 0,
+}
+
+# -- HTML ---------------------------------------------------------------------
+html_theme = "furo"
+html_title = "PyTorch Buffers"
+html_static_path = ["_static"]
+html_theme_options = {
+    "announcement": build_line(),
+}
+html_show_sourcelink = False

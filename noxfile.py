@@ -1,0 +1,89 @@
+"""Maintainer entry points: ``nox -s docs``, ``nox -s tests``, ``nox -s lint``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2025.2.9"
+# venv + pip, not uv: pip honours this machine's find-links (the local CPU torch
+# wheel); uv ignores it and would resolve torch to the CUDA build.
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests", "docs"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DOCS = Path("docs")
+BUILD = DOCS / "_build"
+# Pinned so pip takes the CPU wheel on these machines; override elsewhere, e.g.
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (see README).
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+TORCH_INDEX_URL = os.environ.get("TORCH_INDEX_URL")
+GENERATED = [
+    DOCS / "auto_examples",
+    DOCS / "gen_modules",
+    DOCS / "sg_execution_times.rst",
+    BUILD,
+]
+
+
+def install(session: nox.Session, group: str) -> None:
+    """Install torch first (pinned), then the project and one dependency group."""
+    index = ["--index-url", TORCH_INDEX_URL] if TORCH_INDEX_URL else []
+    session.install(TORCH_SPEC, *index)
+    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session(reuse_venv=True)
+def docs(session: nox.Session) -> None:
+    """Build the site strictly into docs/_build/html; ``-- --serve`` live-reloads."""
+    install(session, "docs")
+    sphinx_args = ["-n", "-W", "--keep-going", "-d", str(BUILD / "doctrees")]
+    paths = [str(DOCS), str(BUILD / "html")]
+    if "--serve" in session.posargs:
+        ignores = [
+            "*/auto_examples/*",
+            "*/gen_modules/*",
+            "*/sg_execution_times.rst*",
+            "*/.jupyter_cache/*",
+            "*/__pycache__/*",
+        ]
+        session.run(
+            "sphinx-autobuild",
+            *[arg for pattern in ignores for arg in ("--ignore", pattern)],
+            "--watch", "examples",
+            "--watch", "src",
+            *paths,
+            *sphinx_args,
+        )  # fmt: skip
+    else:
+        session.run("sphinx-build", "-b", "html", *sphinx_args, *paths)
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (library and chapters as scripts) on the CPU."""
+    install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    """Ruff (check and format) on everything, mypy strict on the library."""
+    install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(venv_backend="none")
+def clean(session: nox.Session) -> None:
+    """Remove everything the docs build generates."""
+    for path in GENERATED:
+        session.log(f"removing {path}")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,48 @@
+"""Shared fixtures: run a chapter the way a reader would, as a script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DRIVER = Path(__file__).with_name("chapter_driver.py")
+
+
+@dataclass
+class ChapterRun:
+    """What one run of a chapter printed, the facts asked of it, and its folder."""
+
+    stdout: str
+    facts: list[Any]
+    cwd: Path
+
+
+@pytest.fixture
+def run_chapter(tmp_path: Path):
+    """Run ``examples/<stem>.py`` on the CPU in an empty folder; return a ChapterRun."""
+
+    def run(stem: str, *expressions: str) -> ChapterRun:
+        env = {**os.environ, "GUIDE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
+        result = subprocess.run(
+            [sys.executable, str(DRIVER), str(EXAMPLES / f"{stem}.py"), *expressions],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        output, _, facts = result.stdout.rpartition("FACTS:")
+        return ChapterRun(stdout=output, facts=json.loads(facts), cwd=tmp_path)
+
+    return run
