@@ -119,25 +119,20 @@ except RuntimeError as error:
     print(f"{type(error).__name__}: {error}")
 else:
     forward_failed = False
-    print(f"No error: the forward pass ran on {device}.")
+    weights_on = ca_without_buffer.W_query.weight.device
+    mask_on = ca_without_buffer.mask.device
+    print(f"No error on {device}: nothing failed here. The weights ({weights_on}) and")
+    print(f"the mask ({mask_on}) share a device, so masked_fill_ found them together.")
 
 # %%
 # Where did each tensor end up? ``.to()`` moved the weights of the three
-# ``nn.Linear`` layers; the mask is where it was built.
+# ``nn.Linear`` layers; the mask is where it was built. If this build had an
+# accelerator, the two lines below differ and the error above is the real one.
+# If it ran on the CPU, both say ``cpu``, which is why nothing failed; the next
+# section shows the cause anyway.
 
 print("W_query.weight.device:", ca_without_buffer.W_query.weight.device)
 print("mask.device:          ", ca_without_buffer.mask.device)
-
-# %%
-# Whether the forward pass failed depends on the build's device:
-
-if forward_failed:
-    print(f"The forward pass failed on {device}: the mask stayed on the CPU.")
-else:
-    print(
-        f"This build ran on {device}, and the mask was built on the CPU too, so "
-        "nothing failed here: mask and input share a device by accident."
-    )
 
 # %%
 # Seeing the cause on any machine

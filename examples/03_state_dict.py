@@ -121,22 +121,20 @@ print(ca_with_buffer.mask)
 
 with tempfile.TemporaryDirectory() as tmp:
     checkpoint_dir = Path(tmp)
-    torch.save(ca_with_buffer.state_dict(), checkpoint_dir / "with_buffer.pt")
-    torch.save(ca_without_buffer.state_dict(), checkpoint_dir / "without_buffer.pt")
-    for path in sorted(checkpoint_dir.iterdir()):
-        print(f"{path.name:18} {path.stat().st_size:6,} bytes")
+    with_path = checkpoint_dir / "with_buffer.pt"
+    without_path = checkpoint_dir / "without_buffer.pt"
+    torch.save(ca_with_buffer.state_dict(), with_path)
+    torch.save(ca_without_buffer.state_dict(), without_path)
+    print(f"{with_path.name:18} {with_path.stat().st_size:6,} bytes")
+    print(f"{without_path.name:18} {without_path.stat().st_size:6,} bytes")
 
     loaded_with = CausalAttentionWithBuffer(d_in, d_out, context_length, 0.0)
     loaded_with.load_state_dict(
-        torch.load(
-            checkpoint_dir / "with_buffer.pt", weights_only=True, map_location="cpu"
-        )
+        torch.load(with_path, weights_only=True, map_location="cpu")
     )
     loaded_without = CausalAttentionWithoutBuffers(d_in, d_out, context_length, 0.0)
     loaded_without.load_state_dict(
-        torch.load(
-            checkpoint_dir / "without_buffer.pt", weights_only=True, map_location="cpu"
-        )
+        torch.load(without_path, weights_only=True, map_location="cpu")
     )
 
 # %%
