@@ -9,6 +9,7 @@ DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS / "_ext"))
 
 from build_info import build_line
+from offline_inventories import write_inventory
 from thumbnails import write_thumbnails
 
 # -- Project ------------------------------------------------------------------
@@ -19,6 +20,8 @@ copyright = "2026, the PyTorch Buffers guide authors"
 # -- General ------------------------------------------------------------------
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.napoleon",
     "sphinx_gallery.gen_gallery",
     "myst_nb",
 ]
@@ -32,6 +35,35 @@ exclude_patterns = [
 ]
 nitpicky = True
 myst_enable_extensions = ["colon_fence", "deflist"]
+# -- Links into PyTorch's and Python's docs, from inventories shipped here ------
+INVENTORIES = DOCS / "_build" / "inventories"
+intersphinx_mapping = {
+    "torch": (
+        "https://docs.pytorch.org/docs/stable/",
+        str(
+            write_inventory(
+                DOCS / "_inventories/torch.txt", INVENTORIES / "torch.inv", "PyTorch"
+            )
+        ),
+    ),
+    "python": (
+        "https://docs.python.org/3/",
+        str(
+            write_inventory(
+                DOCS / "_inventories/python.txt", INVENTORIES / "python.inv", "Python"
+            )
+        ),
+    ),
+}
+intersphinx_timeout = 1
+
+# -- API reference --------------------------------------------------------------
+autodoc_typehints = "signature"
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+python_use_unqualified_type_names = True
+
+# -- MyST-NB --------------------------------------------------------------------
 nb_execution_mode = "cache"
 nb_execution_raise_on_error = True
 
@@ -54,12 +86,17 @@ sphinx_gallery_conf = {
         "CUDA builds)."
     ),
     "min_reported_time": 0,
+    "doc_module": ("pytorch_buffers",),
+    "backreferences_dir": "gen_modules/backreferences",
+    "reference_url": {"pytorch_buffers": None},
+    "prefer_full_module": {"pytorch_buffers"},
 }
 
 # -- HTML ---------------------------------------------------------------------
 html_theme = "furo"
 html_title = "PyTorch Buffers"
 html_static_path = ["_static"]
+html_css_files = ["guide.css"]
 html_theme_options = {
     "announcement": build_line(),
 }

@@ -83,10 +83,48 @@ def test_state_dict(run_chapter):
     assert "change survived, with buffer:    True" in run.stdout
 
 
+def test_find_the_stray(run_chapter):
+    run = run_chapter(
+        "04_find_the_stray",
+        "[s.record.name for s in pb.find_strays(attention)]",
+        "sorted(s.record.name for s in strays)",
+        "len(pb.find_strays(fixed))",
+        "str(pb.check_devices(fixed, target))",
+        "[(r.key, r.problem.value, r.kind.value, r.safe_to_ignore) for r in report]",
+        "str(target)",
+    )
+    attention_strays, model_strays, fixed_strays, fixed_device, report, target = (
+        run.facts
+    )
+    assert attention_strays == ["mask"]
+    assert model_strays == sorted(
+        [
+            *(
+                f"blocks.{i}.attn.{name}"
+                for i in (0, 1)
+                for name in ("mask", "rotary.cos", "rotary.sin")
+            ),
+            "blocks.0.attn.kv_cache[0]",
+            "blocks.0.attn.kv_cache[1]",
+        ]
+    )
+    assert fixed_strays == 0
+    assert fixed_device == target == "meta"  # the CPU build checks against meta
+    assert "DeviceMismatchError: 8 of" in run.stdout
+    assert (
+        "blocks.1.attn.rotary.sin (plain attribute) is on cpu, expected meta"
+        in run.stdout
+    )
+    assert report == [["mask", "unexpected", "non-persistent buffer", True]]
+    assert 'Unexpected key(s) in state_dict: "mask"' in run.stdout
+    assert "<All keys matched successfully>" in run.stdout
+
+
 CHAPTER_TESTS = {
     "01_mask_left_behind": test_mask_left_behind,
     "02_register_buffer": test_register_buffer,
     "03_state_dict": test_state_dict,
+    "04_find_the_stray": test_find_the_stray,
 }
 
 

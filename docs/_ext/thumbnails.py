@@ -25,6 +25,7 @@ THUMBNAILS = {
     "01_mask_left_behind": ("self.mask = ...", "#f28e2b"),
     "02_register_buffer": ("register_buffer", "#59a14f"),
     "03_state_dict": ("state_dict()", "#4e9ee6"),
+    "04_find_the_stray": ("find_strays()", "#b07aa1"),
 }
 
 

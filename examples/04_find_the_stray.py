@@ -1,0 +1,287 @@
+r"""
+Find the stray tensor in your own model
+=======================================
+
+In a real model the tensor that ``.to()`` left behind is one among hundreds: a
+plain attribute, a tensor in a list, a table three submodules down. This chapter
+uses the guide's small library, ``pytorch_buffers``, to find such tensors before
+the model runs, on any machine, and to explain a ``load_state_dict`` mismatch.
+
+.. note::
+
+   Unlike the first three chapters, this one needs the library as well as
+   torch. Install it from the guide's repository (see the README there):
+   ``pip install "pytorch-buffers @ git+<repository URL>"``, or ``pip install -e .``
+   in a clone.
+"""
+
+# %%
+# Where this page ran
+# -------------------
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import pytorch_buffers as pb
+
+# sphinx_gallery_thumbnail_path = "_thumbnails/04_find_the_stray.png"
+
+device = torch.device(
+    os.environ.get("GUIDE_DEVICE")
+    or torch.accelerator.current_accelerator(check_available=True)
+    or "cpu"
+)
+print(f"torch {torch.__version__}, device: {device}")
+
+# %%
+# The notebook's module, inspected
+# --------------------------------
+# First the culprit of the first chapter, reduced to its ``__init__``.
+# :func:`pytorch_buffers.inventory` lists every tensor the module holds, what
+# kind of tensor it is, and whether ``.to()`` moves it and ``state_dict()``
+# saves it.
+
+
+class CausalAttentionWithoutBuffers(nn.Module):
+    def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
+        super().__init__()
+        self.d_out = d_out
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        self.mask = torch.triu(torch.ones(context_length, context_length), diagonal=1)
+
+
+torch.manual_seed(123)
+attention = CausalAttentionWithoutBuffers(
+    d_in=3, d_out=2, context_length=6, dropout=0.0
+)
+pb.inventory(attention)
+
+# %%
+# :func:`pytorch_buffers.find_strays` keeps only the tensors that will not follow
+# the module, each with the change that fixes it:
+
+print(pb.find_strays(attention))
+
+# %%
+# A model with several strays
+# ---------------------------
+# A small GPT-style model of the kind people write while learning: a rotary
+# table computed once and kept as a plain attribute three levels down, a causal
+# mask as a plain attribute, and a key/value cache held in a Python list.
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim, context_length):
+        super().__init__()
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)
+        angles = torch.outer(torch.arange(context_length), inv_freq)
+        self.cos, self.sin = angles.cos(), angles.sin()  # plain attributes
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, context_length):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.rotary = Rotary(dim, context_length)
+        self.mask = torch.tril(
+            torch.ones(context_length, context_length, dtype=torch.bool)
+        )
+        self.kv_cache = []  # filled during generation
+
+
+class Block(nn.Module):
+    def __init__(self, dim, context_length):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, context_length)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+        )
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab=64, dim=16, context_length=32, layers=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(Block(dim, context_length) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight  # tied embeddings
+
+
+torch.manual_seed(0)
+model = TinyGPT()
+# Pretend a generation step ran: the cache now holds tensors.
+model.blocks[0].attn.kv_cache.append(torch.zeros(1, 4, 16))
+model.blocks[0].attn.kv_cache.append(torch.zeros(1, 4, 16))
+
+# %%
+# The inventory shows all of it. The tied embedding appears once, under both of
+# its names; the strays are at the bottom, marked ``NOT moved``.
+
+inv = pb.inventory(model)
+print(f"{len(inv)} tensors, {inv.nbytes:,} bytes")
+inv
+
+# %%
+strays = pb.find_strays(model)
+print(f"{len(strays)} strays:")
+for stray in strays:
+    print(f"- {', '.join(stray.record.names)} ({stray.record.kind.value})")
+
+# %%
+# The device check
+# ----------------
+# :func:`pytorch_buffers.check_devices` is the one call to make after
+# ``model.to(device)`` and before the first forward pass. It names every tensor
+# that is not where the weights are. The check needs a second device to move
+# to: this build's accelerator if it has one, else the ``meta`` device, which
+# every torch build has and which ``.to()`` treats like any other device.
+#
+# One surprise on the way: a move to ``meta`` unties tied weights (torch cannot
+# swap a CPU tensor's data for a meta tensor in place, so it gives each module a
+# new parameter). When the line below says ``False``, the check counts one
+# tensor more than the inventory did.
+
+target = device if device.type != "cpu" else torch.device("meta")
+print(f"moving the model to {target}")
+model.to(target)
+print("embedding and head still tied:", model.embed.weight is model.head.weight)
+try:
+    pb.check_devices(model, target)
+except pb.DeviceMismatchError as error:
+    print(f"{type(error).__name__}: {error}")
+
+# %%
+# The fix
+# -------
+# Each stray becomes a buffer. The rotary tables and the mask are rebuilt by
+# ``__init__`` from the configuration, so they are registered with
+# ``persistent=False``: they follow ``.to()`` but stay out of checkpoints. The
+# cache becomes two non-persistent buffers that generation overwrites.
+
+
+class FixedRotary(nn.Module):
+    def __init__(self, head_dim, context_length):
+        super().__init__()
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)
+        angles = torch.outer(torch.arange(context_length), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+
+class FixedAttention(nn.Module):
+    def __init__(self, dim, context_length):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.rotary = FixedRotary(dim, context_length)
+        causal = torch.tril(
+            torch.ones(context_length, context_length, dtype=torch.bool)
+        )
+        self.register_buffer("mask", causal, persistent=False)
+        self.register_buffer(
+            "k_cache", torch.zeros(1, context_length, dim), persistent=False
+        )
+        self.register_buffer(
+            "v_cache", torch.zeros(1, context_length, dim), persistent=False
+        )
+
+
+class FixedBlock(Block):
+    def __init__(self, dim, context_length):
+        super().__init__(dim, context_length)
+        self.attn = FixedAttention(dim, context_length)
+
+
+class FixedTinyGPT(TinyGPT):
+    def __init__(self, vocab=64, dim=16, context_length=32, layers=2):
+        super().__init__(vocab, dim, context_length, layers)
+        self.blocks = nn.ModuleList(
+            FixedBlock(dim, context_length) for _ in range(layers)
+        )
+
+
+fixed = FixedTinyGPT().to(target)
+print(pb.find_strays(fixed))
+print("every tensor on:", pb.check_devices(fixed, target))
+
+# %%
+# With ``include_non_persistent=True`` the report also lists the buffers that are
+# deliberately kept out of checkpoints, so you can confirm each is meant to be:
+
+print(pb.find_strays(fixed, include_non_persistent=True).as_text_table())
+
+# %%
+# Explaining a checkpoint that no longer loads
+# --------------------------------------------
+# A common story: an early version of a module registered its mask as an
+# ordinary (persistent) buffer, and checkpoints were saved with it. A later
+# version makes the mask non-persistent. Loading an old checkpoint into the new
+# module fails, and the message alone does not say whether ``strict=False`` is
+# safe. :func:`pytorch_buffers.explain_state_dict` does.
+
+
+class MaskedAttentionV1(nn.Module):
+    def __init__(self, dim=8, context_length=6):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        causal = torch.tril(
+            torch.ones(context_length, context_length, dtype=torch.bool)
+        )
+        self.register_buffer("mask", causal)  # persistent: saved in checkpoints
+
+
+class MaskedAttentionV2(MaskedAttentionV1):
+    def __init__(self, dim=8, context_length=6):
+        super().__init__(dim, context_length)
+        causal = torch.tril(
+            torch.ones(context_length, context_length, dtype=torch.bool)
+        )
+        self.register_buffer("mask", causal, persistent=False)  # rebuilt, not saved
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    checkpoint = Path(tmp) / "v1.pt"
+    torch.save(MaskedAttentionV1().state_dict(), checkpoint)
+    report = pb.explain_state_dict(MaskedAttentionV2(), checkpoint)
+    state = torch.load(checkpoint, weights_only=True)
+
+print(report)
+
+# %%
+# This is what ``load_state_dict`` itself says:
+
+new_module = MaskedAttentionV2()
+try:
+    new_module.load_state_dict(state)
+except RuntimeError as error:
+    print(f"{type(error).__name__}: {error}")
+
+# %%
+# The report's advice, applied: drop the keys the module now rebuilds itself,
+# then load strictly, so that any other mismatch would still fail loudly.
+
+for problem in report:
+    if problem.safe_to_ignore:
+        state.pop(problem.key)
+print(new_module.load_state_dict(state))
+
+# %%
+# What to remember
+# ----------------
+# - ``pb.inventory(model)`` lists every tensor, registered or not, with its kind,
+#   device, and whether ``.to()`` and ``state_dict()`` handle it.
+# - ``pb.find_strays(model)`` names the tensors that will not follow the module,
+#   each with its one-line fix; ``pb.check_devices(model, device)`` after
+#   ``.to(device)`` turns a late ``RuntimeError`` into an early, precise one.
+# - ``pb.explain_state_dict(model, path)`` says which keys differ, what they are,
+#   and whether ``strict=False`` would be safe; prefer dropping the keys named
+#   safe and loading strictly.

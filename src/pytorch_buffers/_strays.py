@@ -1,0 +1,122 @@
+"""The tensors ``.to()`` will not move or ``state_dict()`` will not save, with a fix for each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ._inventory import TensorKind, TensorRecord, inventory, render_html, render_text
+from ._module import as_module
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A tensor that will not follow the module, and the one-line change that fixes it."""
+
+    record: TensorRecord
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.record.names)}: {self.problem}\n    fix: {self.fix}"
+
+
+def _owner(record: TensorRecord) -> str:
+    return (
+        f"the module at {record.module_path!r}"
+        if record.module_path
+        else "the root module"
+    )
+
+
+def _fix(record: TensorRecord) -> tuple[str, str]:
+    where, attribute = _owner(record), record.attribute
+    if record.kind is TensorKind.ATTRIBUTE:
+        return (
+            (
+                f"plain tensor attribute of {where}: .to() leaves it on {record.device}, "
+                "state_dict() does not save it"
+            ),
+            (
+                f'self.register_buffer("{attribute}", tensor) in __init__ instead of '
+                f"self.{attribute} = tensor; add persistent=False if it is rebuilt, "
+                "not learned, and should stay out of checkpoints"
+            ),
+        )
+    if record.kind is TensorKind.CONTAINER_ITEM:
+        return (
+            (
+                f"tensor inside the list/dict attribute {attribute!r} of {where}: .to() and "
+                "state_dict() do not look inside containers"
+            ),
+            (
+                f'register each item as a buffer (self.register_buffer(f"{attribute}_{{index}}", t), '
+                "persistent=False for caches); trainable tensors go in nn.ParameterList / "
+                "nn.ParameterDict, submodules in nn.ModuleList / nn.ModuleDict"
+            ),
+        )
+    return (
+        f"non-persistent buffer of {where}: moved by .to() but not saved by state_dict()",
+        (
+            "nothing, if it is rebuilt in __init__ (masks, rotary tables); if it holds "
+            f'state to keep, register it with persistent=True: self.register_buffer("{attribute}", '
+            "tensor)"
+        ),
+    )
+
+
+class StrayReport(tuple[Stray, ...]):
+    """The strays of one module; empty (and falsy) when there are none."""
+
+    def __str__(self) -> str:
+        if not self:
+            return (
+                "No stray tensors: every tensor is a parameter or a registered buffer."
+            )
+        return "\n".join(str(stray) for stray in self)
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return f"<p>{self}</p>"
+        rows = [(", ".join(s.record.names), s.problem, s.fix) for s in self]
+        return render_html(("tensor", "problem", "fix"), rows)
+
+    def as_text_table(self) -> str:
+        """The strays as a fixed-width table (name, kind, device)."""
+        rows = [
+            (", ".join(s.record.names), s.record.kind.value, str(s.record.device))
+            for s in self
+        ]
+        return render_text(("tensor", "kind", "device"), rows)
+
+
+def find_strays(
+    module: nn.Module, *, include_non_persistent: bool = False
+) -> StrayReport:
+    """Find the tensors of ``module`` that ``.to()`` will not move or ``state_dict()`` will not save.
+
+    Plain tensor attributes and tensors inside list/tuple/dict attributes are
+    always strays. Non-persistent buffers are moved but deliberately not saved;
+    pass ``include_non_persistent=True`` to list them too. Each stray comes with a
+    one-line fix. Nothing in the module is changed.
+
+    Raises:
+        TypeError: if ``module`` is not an ``nn.Module`` or the flag is not a bool.
+    """
+    root = as_module(module, function="find_strays")
+    if not isinstance(include_non_persistent, bool):  # untyped callers
+        msg = (  # type: ignore[unreachable]
+            "find_strays() expects include_non_persistent to be True or False, got "
+            f"{include_non_persistent!r}"
+        )
+        raise TypeError(msg)
+    kinds = {TensorKind.ATTRIBUTE, TensorKind.CONTAINER_ITEM}
+    if include_non_persistent:
+        kinds.add(TensorKind.NON_PERSISTENT_BUFFER)
+    strays = []
+    for record in inventory(root):
+        if record.kind in kinds:
+            problem, fix = _fix(record)
+            strays.append(Stray(record=record, problem=problem, fix=fix))
+    return StrayReport(strays)
