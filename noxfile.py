@@ -38,10 +38,16 @@ def install(session: nox.Session, group: str) -> None:
 
 @nox.session(reuse_venv=True)
 def docs(session: nox.Session) -> None:
-    """Build the site strictly into docs/_build/html; ``-- --serve`` live-reloads."""
+    """Build the site into docs/_build/html; ``-- --serve`` live-reloads, ``-- --preview`` skips running code."""
     install(session, "docs")
-    sphinx_args = ["-n", "-W", "--keep-going", "-d", str(BUILD / "doctrees")]
-    paths = [str(DOCS), str(BUILD / "html")]
+    output = "html"
+    if "--preview" in session.posargs:
+        # Not executed: its own output folder and doctrees, so it never mixes
+        # with (or gets published as) the real site.
+        session.env["GUIDE_PREVIEW"] = "1"
+        output = "preview"
+    sphinx_args = ["-n", "-W", "--keep-going", "-d", str(BUILD / f"doctrees-{output}")]
+    paths = [str(DOCS), str(BUILD / output)]
     if "--serve" in session.posargs:
         ignores = [
             "*/auto_examples/*",
@@ -49,6 +55,7 @@ def docs(session: nox.Session) -> None:
             "*/sg_execution_times.rst*",
             "*/.jupyter_cache/*",
             "*/__pycache__/*",
+            "*/_thumbnails/*",
         ]
         session.run(
             "sphinx-autobuild",
@@ -60,6 +67,21 @@ def docs(session: nox.Session) -> None:
         )  # fmt: skip
     else:
         session.run("sphinx-build", "-b", "html", *sphinx_args, *paths)
+
+
+@nox.session(reuse_venv=True)
+def bench(session: nox.Session) -> None:
+    """Time cold, no-op and edited builds, and the library on a 1,000-layer model."""
+    install(session, "docs")
+    session.run("python", "benchmarks/build.py", *session.posargs)
+    session.run("python", "benchmarks/inventory.py")
+
+
+@nox.session(reuse_venv=True)
+def repro(session: nox.Session) -> None:
+    """Build the site twice from scratch and check the pages are identical."""
+    install(session, "docs")
+    session.run("python", "benchmarks/reproducible.py")
 
 
 @nox.session(reuse_venv=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,8 +10,13 @@ DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS / "_ext"))
 
 from build_info import build_line
+from gallery_hooks import rerun_chapters_when_library_changes
 from offline_inventories import write_inventory
 from thumbnails import write_thumbnails
+
+# GUIDE_PREVIEW=1 renders every page without running any code, for proofreading;
+# nox -s docs -- --preview builds it into its own folder, never the published one.
+PREVIEW = os.environ.get("GUIDE_PREVIEW") == "1"
 
 # -- Project ------------------------------------------------------------------
 project = "PyTorch Buffers"
@@ -64,11 +70,22 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 python_use_unqualified_type_names = True
 
 # -- MyST-NB --------------------------------------------------------------------
-nb_execution_mode = "cache"
+nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
 
 # -- Gallery ------------------------------------------------------------------
+if PREVIEW:
+    # The preview's pages replace the executed ones in auto_examples/; forget the
+    # executed state so the next real build runs every chapter again.
+    for stamp in (DOCS / "auto_examples").glob("*.md5"):
+        stamp.unlink()
 write_thumbnails(DOCS / "_thumbnails")
+rerun_chapters_when_library_changes(
+    examples=DOCS.parent / "examples",
+    gallery=DOCS / "auto_examples",
+    library=DOCS.parent / "src" / "pytorch_buffers",
+    stamp=DOCS / "_build" / "library.md5",
+)
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
@@ -86,6 +103,7 @@ sphinx_gallery_conf = {
         "CUDA builds)."
     ),
     "min_reported_time": 0,
+    "plot_gallery": not PREVIEW,
     "doc_module": ("pytorch_buffers",),
     "backreferences_dir": "gen_modules/backreferences",
     "reference_url": {"pytorch_buffers": None},
@@ -98,6 +116,11 @@ html_title = "PyTorch Buffers"
 html_static_path = ["_static"]
 html_css_files = ["guide.css"]
 html_theme_options = {
-    "announcement": build_line(),
+    "announcement": (
+        "PREVIEW: no code on these pages was executed and outputs are missing; "
+        "never publish this build."
+        if PREVIEW
+        else build_line()
+    ),
 }
 html_show_sourcelink = False

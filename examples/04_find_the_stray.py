@@ -10,9 +10,8 @@ the model runs, on any machine, and to explain a ``load_state_dict`` mismatch.
 .. note::
 
    Unlike the first three chapters, this one needs the library as well as
-   torch. Install it from the guide's repository (see the README there):
-   ``pip install "pytorch-buffers @ git+<repository URL>"``, or ``pip install -e .``
-   in a clone.
+   torch: in a clone of the guide's repository, install torch (see the README)
+   and then ``pip install -e .``.
 """
 
 # %%

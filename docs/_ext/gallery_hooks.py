@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,3 +14,30 @@ def reset_torch(gallery_conf: dict[str, Any], fname: str) -> None:  # noqa: ARG0
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
     torch.set_default_device(None)
+
+
+def rerun_chapters_when_library_changes(
+    examples: Path, gallery: Path, library: Path, stamp: Path
+) -> list[str]:
+    """Make sphinx-gallery re-execute the chapters that import the library after it changed.
+
+    sphinx-gallery re-runs a chapter only when the chapter's own file changed (it
+    keeps an ``.md5`` of each). When the library's source differs from the last
+    build's, the ``.md5`` of each chapter that imports ``pytorch_buffers`` is
+    removed so that those chapters, and only those, run again. Returns their names.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    for path in sorted(library.rglob("*.py")):
+        digest.update(path.read_bytes())
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return []
+    users = [
+        chapter.name
+        for chapter in sorted(examples.glob("*.py"))
+        if "import pytorch_buffers" in chapter.read_text()
+    ]
+    for name in users:
+        (gallery / f"{name[:-3]}.py.md5").unlink(missing_ok=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest.hexdigest())
+    return users
