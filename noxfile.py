@@ -56,6 +56,7 @@ def docs(session: nox.Session) -> None:
             "*/.jupyter_cache/*",
             "*/__pycache__/*",
             "*/_thumbnails/*",
+            "*/_build/*",
         ]
         session.run(
             "sphinx-autobuild",
