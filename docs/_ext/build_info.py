@@ -68,7 +68,7 @@ def build_commit() -> str | None:
 def build_line() -> str:
     """One line for the top of every page."""
     parts = [
-        f"Outputs on these pages were produced on {device_description(build_device())}",
+        f"Outputs produced on {device_description(build_device())}",
         f"with torch {torch.__version__}",
         f"built {build_date()}",
     ]
