@@ -106,7 +106,6 @@ sphinx_gallery_conf = {
     "plot_gallery": not PREVIEW,
     "doc_module": ("pytorch_buffers",),
     "backreferences_dir": "gen_modules/backreferences",
-    "reference_url": {"pytorch_buffers": None},
     "prefer_full_module": {"pytorch_buffers"},
 }
 
@@ -120,7 +119,7 @@ html_theme_options = {
         "PREVIEW: no code on these pages was executed and outputs are missing; "
         "never publish this build."
         if PREVIEW
-        else build_line()
+        else build_line(DOCS / "_build" / "build-info.json")
     ),
 }
 html_show_sourcelink = False

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import platform
 import subprocess
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
-import torch
 
-
-def build_device() -> torch.device:
+def build_device() -> Any:
     """The device the chapters run on: ``GUIDE_DEVICE`` if set, else the best present.
 
     An explicitly requested device that is not there stops the build: a GPU build
     must never quietly turn into a CPU build.
     """
+    import torch  # noqa: PLC0415 (slow import, only when the cached line is stale)
+
     best = torch.accelerator.current_accelerator(check_available=True)
     requested = os.environ.get("GUIDE_DEVICE")
     if not requested:
@@ -30,11 +35,14 @@ def build_device() -> torch.device:
     return device
 
 
-def device_description(device: torch.device) -> str:
+def device_description() -> str:
     """``cuda (NVIDIA H100 80GB HBM3)``, ``mps``, ``cpu``."""
+    device = build_device()
     if device.type == "cuda":
+        import torch  # noqa: PLC0415
+
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return device.type
+    return str(device.type)
 
 
 def build_date() -> str:
@@ -65,13 +73,38 @@ def build_commit() -> str | None:
     return result.stdout.strip() or None
 
 
-def build_line() -> str:
+def cached_device_description(cache: Path) -> str:
+    """``device_description()``, remembered per machine, torch build and device request.
+
+    Importing torch to ask for the device costs about two seconds, most of a
+    no-op rebuild; the answer only changes with the machine, the torch build or
+    the environment variables that choose a device, so those key the cache. A
+    cold build (no ``docs/_build``) always asks torch.
+    """
+    key = json.dumps(
+        [
+            platform.node(),
+            version("torch"),
+            os.environ.get("GUIDE_DEVICE"),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        ]
+    )
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return str(saved["device"])
+    description = device_description()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "device": description}))
+    return description
+
+
+def build_line(cache: Path) -> str:
     """One line for the top of every page."""
-    parts = [
-        f"Outputs produced on {device_description(build_device())}",
-        f"with torch {torch.__version__}",
-        f"built {build_date()}",
-    ]
+    line = (
+        f"Outputs produced on {cached_device_description(cache)} "
+        f"with torch {version('torch')} · built {build_date()}"
+    )
     if commit := build_commit():
-        parts.append(f"commit {commit}")
-    return ", ".join(parts[:2]) + " · " + " · ".join(parts[2:])
+        line += f" · commit {commit}"
+    return line

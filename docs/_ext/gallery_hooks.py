@@ -6,11 +6,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def reset_torch(gallery_conf: dict[str, Any], fname: str) -> None:  # noqa: ARG001
     """Give every chapter the same fresh global torch state, whatever ran before it."""
+    import torch  # noqa: PLC0415 (only when a chapter runs; a no-op rebuild never pays)
+
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
     torch.set_default_device(None)

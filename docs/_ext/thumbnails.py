@@ -7,14 +7,9 @@ their bytes change, so a live-reload server does not see new files on each run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
-
-import matplotlib as mpl
-
-mpl.use("Agg")
-import matplotlib.pyplot as plt
-from matplotlib.patches import Rectangle
 
 BACKGROUND = "#24324a"
 CELL_OFF = "#3b4d6b"
@@ -30,6 +25,13 @@ THUMBNAILS = {
 
 
 def _draw(label: str, accent: str) -> bytes:
+    # Imported only when a thumbnail is drawn: most rebuilds never need matplotlib.
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.patches import Rectangle  # noqa: PLC0415
+
     fig = plt.figure(figsize=(4, 2.8), dpi=100, facecolor=BACKGROUND)
     grid = fig.add_axes((0.3, 0.34, 0.4, 0.6))
     size = 6
@@ -52,10 +54,20 @@ def _draw(label: str, accent: str) -> bytes:
 
 
 def write_thumbnails(folder: Path) -> None:
-    """Write ``<chapter stem>.png`` for every chapter into ``folder``."""
+    """Write ``<chapter stem>.png`` for every chapter into ``folder``.
+
+    Skipped when the thumbnails were drawn by this very file already, so an
+    unchanged rebuild does not import matplotlib.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / "drawn-by.md5"
+    source = hashlib.md5(Path(__file__).read_bytes(), usedforsecurity=False).hexdigest()
+    pngs = [folder / f"{stem}.png" for stem in THUMBNAILS]
+    if stamp.exists() and stamp.read_text() == source and all(p.exists() for p in pngs):
+        return
     for stem, (label, accent) in THUMBNAILS.items():
         png = _draw(label, accent)
         path = folder / f"{stem}.png"
         if not path.exists() or path.read_bytes() != png:
             path.write_bytes(png)
+    stamp.write_text(source)
