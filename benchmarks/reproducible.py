@@ -16,9 +16,11 @@ from pathlib import Path
 
 from scratch_site import build, scratch_copy
 
+# Lines that report how long something took: sphinx-gallery's running times, and
+# the measured timings (ms, ratios, winner) of the run-time cost chapter.
 TIMING = re.compile(
     r"Total running time of the script|sphx-glr-timing|\d+ minutes? \d+\.\d+ seconds|"
-    r"\d+:\d\d\.\d\d\d|\d+\.\d+ seconds"
+    r"\d+:\d\d\.\d\d\d|\d+\.\d+ seconds|\d+\.\d+ ms|\d\.\d\dx the|fastest here"
 )
 
 

@@ -72,6 +72,7 @@ python_use_unqualified_type_names = True
 # -- MyST-NB --------------------------------------------------------------------
 nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
+nb_execution_timeout = 180
 
 # -- Gallery ------------------------------------------------------------------
 if PREVIEW:
@@ -91,9 +92,9 @@ sphinx_gallery_conf = {
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/\d\d_",
     "within_subsection_order": "FileNameSortKey",
-    "image_scrapers": (),
+    "image_scrapers": ("matplotlib",),
     # Dotted names: a function object in the config would fail -W (unpicklable).
-    "reset_modules": ("gallery_hooks.reset_torch",),
+    "reset_modules": ("matplotlib", "gallery_hooks.reset_torch"),
     "remove_config_comments": True,
     "download_all_examples": True,
     "capture_repr": ("_repr_html_", "__repr__"),

@@ -21,6 +21,10 @@ THUMBNAILS = {
     "02_register_buffer": ("register_buffer", "#59a14f"),
     "03_state_dict": ("state_dict()", "#4e9ee6"),
     "04_find_the_stray": ("find_strays()", "#b07aa1"),
+    "05_non_persistent_buffers": ("persistent=False", "#76b7b2"),
+    "07_batchnorm_and_optimizer": ("running_mean", "#edc948"),
+    "08_llm_caches": ("k_cache, v_cache", "#ff9da7"),
+    "09_ddp_buffers": ("broadcast_buffers", "#9c755f"),
 }
 
 
