@@ -73,6 +73,7 @@ python_use_unqualified_type_names = True
 nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
 nb_execution_timeout = 180
+nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 
 # -- Gallery ------------------------------------------------------------------
 if PREVIEW:

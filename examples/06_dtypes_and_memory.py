@@ -175,10 +175,11 @@ ax.axvline(fits_until, color="#e15759", linestyle=":", linewidth=1)
 ax.annotate(
     f"float32 mask alone exceeds 24 GiB\nbeyond {fits_until:,} tokens",
     xy=(fits_until, 24),
-    xytext=(2**11, 150),
+    xytext=(2**10.2, 1.5),
     arrowprops={"arrowstyle": "->", "color": "0.3"},
 )
 ax.set_xscale("log", base=2)
+ax.set_xticks(lengths, [f"{length // 1024}k" for length in lengths])
 ax.set_yscale("log")
 ax.set_xlabel("context length T (tokens)")
 ax.set_ylabel("memory per layer (GiB)")

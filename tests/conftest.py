@@ -31,7 +31,12 @@ def run_chapter(tmp_path: Path):
     """Run ``examples/<stem>.py`` on the CPU in an empty folder; return a ChapterRun."""
 
     def run(stem: str, *expressions: str) -> ChapterRun:
-        env = {**os.environ, "GUIDE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
+        env = {
+            **os.environ,
+            "GUIDE_DEVICE": "cpu",
+            "PYTHONHASHSEED": "0",
+            "MPLBACKEND": "Agg",
+        }
         result = subprocess.run(
             [sys.executable, str(DRIVER), str(EXAMPLES / f"{stem}.py"), *expressions],
             cwd=tmp_path,

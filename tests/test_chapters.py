@@ -120,11 +120,137 @@ def test_find_the_stray(run_chapter):
     assert "<All keys matched successfully>" in run.stdout
 
 
+def test_non_persistent_buffers(run_chapter):
+    run = run_chapter(
+        "05_non_persistent_buffers",
+        "list(attention.state_dict())",
+        "sorted(n for n, _ in attention.named_buffers())",
+        "persistent_size / non_persistent_size",
+        "tuple(long_np.mask.shape)",
+        "weights_loaded",
+        "[n for n, _ in slot.named_buffers()]",
+    )
+    keys, buffers, size_ratio, long_mask, weights_loaded, slot_buffers = run.facts
+    assert keys == ["qkv.weight"]
+    assert buffers == ["angles", "mask"]
+    assert size_ratio > 100  # the masks dwarf the weights
+    assert long_mask == [32, 32]
+    assert "size mismatch for mask" in run.stdout
+    assert 'Unexpected key(s) in state_dict: "mask"' in run.stdout
+    assert 'Missing key(s) in state_dict: "mask"' in run.stdout
+    assert "weight copied anyway: True" in run.stdout  # a failed strict load half-loads
+    assert weights_loaded is False  # strict=False hid a missing weight
+    assert "dropped: ['mask']" in run.stdout
+    assert slot_buffers == ["cache"]
+
+
+def test_dtypes_and_memory(run_chapter):
+    run = run_chapter(
+        "06_dtypes_and_memory",
+        "after_half",
+        "after_bf16",
+        "[(reference.to(d).double() - reference).abs().max().item()"
+        " for d in (torch.float32, torch.float16, torch.bfloat16)]",
+        "positions_bf16.unique().numel()",
+        "fits_until",
+        "torch.allclose(explicit, implicit, atol=1e-5)",
+        "len(plt.get_fignums())",
+    )
+    half, bf16, errors, distinct, fits_until, same, figures = run.facts
+    assert half["bool_mask"] == "bool"
+    assert half["position_ids"] == "int64"
+    assert half["rope"] == half["float_mask"] == half["proj.weight"] == "float16"
+    assert bf16["rope"] == "bfloat16"
+    assert bf16["bool_mask"] == "bool"
+    assert errors[0] < errors[1] < errors[2]  # float32 < float16 < bfloat16
+    assert distinct < 4096
+    assert 4 * fits_until**2 <= 24 * 2**30 < 4 * (fits_until + 1) ** 2
+    assert same
+    assert figures == 1
+
+
+def test_batchnorm_and_optimizer(run_chapter):
+    run = run_chapter(
+        "07_batchnorm_and_optimizer",
+        "in_optimizer",
+        "[n for n, _ in model.named_buffers()]",
+        "[b.grad for b in model.buffers()]",
+        "cumulative.running_mean.item()",
+    )
+    in_optimizer, buffers, buffer_grads, cumulative_mean = run.facts
+    assert in_optimizer == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert not set(buffers) & set(in_optimizer)
+    assert "running_mean unchanged in eval(): True" in run.stdout
+    assert buffer_grads == [None, None, None]
+    assert cumulative_mean == pytest.approx(3.0)  # (1 + 2 + 6) / 3 with momentum=None
+    assert (
+        "changed by forward:          ['1.num_batches_tracked', '1.running_mean'"
+        in run.stdout
+    )
+    assert (
+        "changed by optimizer.step(): ['0.weight', '1.bias', '1.weight']" in run.stdout
+    )
+
+
+def test_llm_caches(run_chapter):
+    run = run_chapter(
+        "08_llm_caches",
+        "torch.equal(cached_tokens, plain_tokens)",
+        "(cached_logits - plain_logits).abs().max().item()",
+        "[n for n, _ in model.named_buffers() if n in model.state_dict()]",
+        "int(filled.sum())",
+        "cached_tokens.shape[1]",
+    )
+    same_tokens, logit_gap, saved_buffers, filled, length = run.facts
+    assert same_tokens
+    assert logit_gap < 1e-4
+    assert saved_buffers == []
+    assert filled == length  # every position generated or prompted is cached
+
+
+def test_ddp_buffers(run_chapter):
+    run = run_chapter(
+        "09_ddp_buffers",
+        "[r[1] for r in with_broadcast]",
+        "[r[1] for r in without_broadcast]",
+        "[r[3] for r in with_broadcast + without_broadcast]",
+    )
+    with_means, without_means, weight_sums = run.facts
+    assert with_means[0] == with_means[1]
+    assert without_means[0] != without_means[1]
+    assert with_means[0] == without_means[0]  # rank 0 computes the same either way
+    assert len(set(weight_sums)) == 1  # gradients are averaged in both runs
+
+
+def test_mask_cost(run_chapter):
+    run = run_chapter(
+        "10_mask_cost",
+        "{label: len(values) for label, values in medians.items()}",
+        "all(v > 0 for values in medians.values() for v in values)",
+        "all(torch.allclose(outputs[0], o, atol=1e-4) for o in outputs)",
+    )
+    counts, positive, agree = run.facts
+    assert counts == {
+        "registered mask buffer": 4,
+        "mask rebuilt each forward": 4,
+        "sdpa is_causal=True": 4,
+    }
+    assert positive
+    assert agree
+    assert "fastest here:" in run.stdout
+
+
 CHAPTER_TESTS = {
     "01_mask_left_behind": test_mask_left_behind,
     "02_register_buffer": test_register_buffer,
     "03_state_dict": test_state_dict,
     "04_find_the_stray": test_find_the_stray,
+    "05_non_persistent_buffers": test_non_persistent_buffers,
+    "06_dtypes_and_memory": test_dtypes_and_memory,
+    "07_batchnorm_and_optimizer": test_batchnorm_and_optimizer,
+    "08_llm_caches": test_llm_caches,
+    "09_ddp_buffers": test_ddp_buffers,
+    "10_mask_cost": test_mask_cost,
 }
 
 
