@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 DOCS = Path(__file__).parent
@@ -19,6 +20,10 @@ from thumbnails import write_thumbnails
 PREVIEW = os.environ.get("GUIDE_PREVIEW") == "1"
 
 # -- Project ------------------------------------------------------------------
+PYPROJECT = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+guide_repository = PYPROJECT["project"]["urls"]["Repository"]  # the one setting
+_owner, _repo = guide_repository.removeprefix("https://github.com/").split("/")
+SITE_URL = f"https://{_owner}.github.io/{_repo}/"  # where GitHub Pages serves it
 project = "PyTorch Buffers"
 author = "The PyTorch Buffers guide authors"
 copyright = "2026, the PyTorch Buffers guide authors"
@@ -30,7 +35,15 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx_gallery.gen_gallery",
     "myst_nb",
+    "sphinx.ext.githubpages",
+    "sphinx_copybutton",
+    "sphinxext.opengraph",
+    "sphinx_sitemap",
+    "notfound.extension",
+    "site_links",
+    "literal_links",
 ]
+templates_path = ["_templates"]
 exclude_patterns = [
     "_build",
     "jupyter_execute",
@@ -125,3 +138,21 @@ html_theme_options = {
     ),
 }
 html_show_sourcelink = False
+html_favicon = "_static/favicon.svg"
+html_baseurl = SITE_URL
+sitemap_url_scheme = "{link}"
+sitemap_excludes = ["search.html", "genindex.html", "404.html"]
+notfound_urls_prefix = "/" + _repo + "/"
+
+# -- Copy buttons: code only, never prompts or printed output -------------------
+copybutton_selector = (
+    "div.highlight pre:not(.sphx-glr-script-out pre):not(.cell_output pre)"
+)
+copybutton_prompt_text = r"\$ |>>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = False
+
+# -- OpenGraph --------------------------------------------------------------------
+ogp_site_url = SITE_URL
+ogp_site_name = "PyTorch Buffers, executed"
+ogp_social_cards = {"enable": False}  # cards are drawn with fonts fetched online

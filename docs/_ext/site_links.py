@@ -1,0 +1,85 @@
+"""Links from each page back to its source: view, edit, and Run in Google Colab.
+
+Everything derives from one setting, the repository URL in pyproject.toml. A
+chapter page links to its script in ``examples/`` (never to the generated
+``auto_examples/`` file), and to Colab, which opens the chapter's notebook from
+the published site's ``gh-pages`` branch, where the build copies every notebook
+to the stable path ``notebooks/<chapter>.ipynb``.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sphinx.application import Sphinx
+
+BRANCH = "main"
+PAGES_BRANCH = "gh-pages"
+
+
+def source_path(app: Sphinx, pagename: str) -> str | None:
+    """The repository path a page is written in, or None for generated pages."""
+    root = Path(app.srcdir).parent
+    if pagename.startswith("auto_examples/"):
+        name = pagename.removeprefix("auto_examples/")
+        if name == "index":
+            return "examples/GALLERY_HEADER.rst"
+        script = root / "examples" / f"{name}.py"
+        return f"examples/{name}.py" if script.exists() else None
+    for suffix in (".md", ".rst"):
+        if (Path(app.srcdir) / f"{pagename}{suffix}").exists():
+            return f"docs/{pagename}{suffix}"
+    return None
+
+
+def colab_url(repository: str, chapter: str) -> str:
+    owner_repo = repository.removeprefix("https://github.com/")
+    return (
+        f"https://colab.research.google.com/github/{owner_repo}/blob/{PAGES_BRANCH}/"
+        f"notebooks/{chapter}.ipynb"
+    )
+
+
+def add_links(
+    app: Sphinx,
+    pagename: str,
+    templatename: str,  # noqa: ARG001 (the html-page-context event's signature)
+    context: dict[str, Any],
+    doctree: Any,  # noqa: ARG001
+) -> None:
+    repository = app.config.guide_repository
+    path = source_path(app, pagename)
+    context["guide_view_url"] = f"{repository}/blob/{BRANCH}/{path}" if path else None
+    context["guide_edit_url"] = f"{repository}/edit/{BRANCH}/{path}" if path else None
+    if path and path.endswith(".py") and "body" in context:
+        chapter = Path(path).stem
+        links = (
+            '<p class="chapter-links">'
+            f'<a href="{html.escape(colab_url(repository, chapter))}">Run in Google Colab</a>'
+            f' · <a href="{html.escape(context["guide_view_url"])}">View source on GitHub</a>'
+            f' · <a href="{html.escape(context["guide_edit_url"])}">Edit this page</a>'
+            "</p>"
+        )
+        context["body"] = links + context["body"]
+
+
+def copy_notebooks(app: Sphinx, exception: Exception | None) -> None:
+    """Put each chapter's notebook at ``notebooks/<chapter>.ipynb`` in the site."""
+    if exception is not None or app.builder.format != "html":
+        return
+    target = Path(app.outdir) / "notebooks"
+    target.mkdir(exist_ok=True)
+    for notebook in sorted(
+        (Path(app.srcdir) / "auto_examples").glob("[0-9][0-9]_*.ipynb")
+    ):
+        shutil.copy2(notebook, target / notebook.name)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("guide_repository", "", "html", types=[str])
+    app.connect("html-page-context", add_links)
+    app.connect("build-finished", copy_notebooks)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
