@@ -93,6 +93,15 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(reuse_venv=True)
+def browser(session: nox.Session) -> None:
+    """Check the built site in Debian's Chromium: pages, links, a11y, themes, downloads."""
+    if not (BUILD / "html" / "index.html").exists():
+        session.error("no built site: run nox -s docs first")
+    install(session, "browser")
+    session.run("pytest", "tests/browser", f"--site={BUILD / 'html'}", *session.posargs)
+
+
+@nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
     """Ruff (check and format) on everything, mypy strict on the library."""
     install(session, "lint")

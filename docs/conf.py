@@ -38,7 +38,6 @@ extensions = [
     "sphinx.ext.githubpages",
     "sphinx_copybutton",
     "sphinxext.opengraph",
-    "sphinx_sitemap",
     "notfound.extension",
     "site_links",
     "literal_links",
@@ -118,6 +117,8 @@ sphinx_gallery_conf = {
         "CUDA builds)."
     ),
     "min_reported_time": 0,
+    # Its summary pages load DataTables from a CDN; each chapter shows its own time.
+    "write_computation_times": False,
     "plot_gallery": not PREVIEW,
     "doc_module": ("pytorch_buffers",),
     "backreferences_dir": "gen_modules/backreferences",
@@ -129,6 +130,7 @@ html_theme = "furo"
 html_title = "PyTorch Buffers"
 html_static_path = ["_static"]
 html_css_files = ["guide.css"]
+html_js_files = ["guide.js"]
 html_theme_options = {
     "announcement": (
         "PREVIEW: no code on these pages was executed and outputs are missing; "
@@ -140,8 +142,6 @@ html_theme_options = {
 html_show_sourcelink = False
 html_favicon = "_static/favicon.svg"
 html_baseurl = SITE_URL
-sitemap_url_scheme = "{link}"
-sitemap_excludes = ["search.html", "genindex.html", "404.html"]
 notfound_urls_prefix = "/" + _repo + "/"
 
 # -- Copy buttons: code only, never prompts or printed output -------------------

@@ -17,6 +17,21 @@ EXAMPLES = ROOT / "examples"
 DRIVER = Path(__file__).with_name("chapter_driver.py")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--site",
+        default=None,
+        help="a built site (docs/_build/html) to run the browser suite in tests/browser on",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The browser suite needs a built site and a browser: only with --site."""
+    if "browser" in collection_path.parts and not config.getoption("--site"):
+        return True
+    return None
+
+
 @dataclass
 class ChapterRun:
     """What one run of a chapter printed, the facts asked of it, and its folder."""

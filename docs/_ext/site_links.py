@@ -78,8 +78,29 @@ def copy_notebooks(app: Sphinx, exception: Exception | None) -> None:
         shutil.copy2(notebook, target / notebook.name)
 
 
+def write_sitemap(app: Sphinx, exception: Exception | None) -> None:
+    """``sitemap.xml`` listing every page, from all documents (not only rebuilt ones)."""
+    if (
+        exception is not None
+        or app.builder.format != "html"
+        or not app.config.html_baseurl
+    ):
+        return
+    skipped = {"404", "search", "genindex", "py-modindex"}
+    urls = "".join(
+        f"<url><loc>{html.escape(app.config.html_baseurl + name)}.html</loc></url>"
+        for name in sorted(app.env.found_docs)
+        if name not in skipped
+    )
+    (Path(app.outdir) / "sitemap.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>\n'
+    )
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("guide_repository", "", "html", types=[str])
     app.connect("html-page-context", add_links)
     app.connect("build-finished", copy_notebooks)
+    app.connect("build-finished", write_sitemap)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

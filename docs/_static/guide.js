@@ -1,0 +1,13 @@
+// Output and code blocks that scroll sideways get keyboard focus, so readers
+// who do not use a mouse can scroll them too (WCAG: scrollable-region-focusable).
+function focusScrollablePre() {
+  for (const pre of document.querySelectorAll("div.highlight pre")) {
+    if (pre.scrollWidth > pre.clientWidth) {
+      pre.tabIndex = 0;
+    } else {
+      pre.removeAttribute("tabindex");
+    }
+  }
+}
+document.addEventListener("DOMContentLoaded", focusScrollablePre);
+window.addEventListener("resize", focusScrollablePre);
