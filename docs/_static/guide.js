@@ -1,7 +1,7 @@
-// Output and code blocks that scroll sideways get keyboard focus, so readers
+// Code, output and table blocks that scroll sideways get keyboard focus, so readers
 // who do not use a mouse can scroll them too (WCAG: scrollable-region-focusable).
 function focusScrollablePre() {
-  for (const pre of document.querySelectorAll("div.highlight pre")) {
+  for (const pre of document.querySelectorAll("div.highlight pre, .rendered_html")) {
     if (pre.scrollWidth > pre.clientWidth) {
       pre.tabIndex = 0;
     } else {
