@@ -111,6 +111,8 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "download_all_examples": True,
     "capture_repr": ("_repr_html_", "__repr__"),
+    # torch.manual_seed returns a Generator; its repr (an address) is noise.
+    "ignore_repr_types": r"Generator",
     "thumbnail_size": (400, 280),
     "first_notebook_cell": (
         "# Needs PyTorch: `pip install torch` (see the guide's README for CPU or "

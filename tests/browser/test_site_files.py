@@ -67,8 +67,11 @@ def test_internal_links_and_anchors_resolve(site: Path) -> None:
     assert broken == []
 
 
-def test_no_machine_paths_in_pages(site: Path) -> None:
-    leaks = re.compile(re.escape(str(ROOT)) + r"|/tmp/|site-packages|/root/|/home/")
+def test_no_machine_paths_or_addresses_in_pages(site: Path) -> None:
+    leaks = re.compile(
+        re.escape(str(ROOT))
+        + r"|/tmp/|site-packages|/root/|/home/|object at 0x[0-9a-f]+"
+    )
     leaking = [
         page for page in site_pages(site) if leaks.search((site / page).read_text())
     ]
