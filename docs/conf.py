@@ -37,7 +37,6 @@ extensions = [
     "myst_nb",
     "sphinx.ext.githubpages",
     "sphinx_copybutton",
-    "sphinxext.opengraph",
     "notfound.extension",
     "site_links",
     "literal_links",
@@ -105,7 +104,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/\d\d_",
     "within_subsection_order": "FileNameSortKey",
-    "image_scrapers": ("matplotlib",),
+    "image_scrapers": ("gallery_hooks.matplotlib_scraper",),
     # Dotted names: a function object in the config would fail -W (unpicklable).
     "reset_modules": ("matplotlib", "gallery_hooks.reset_torch"),
     "remove_config_comments": True,
@@ -153,8 +152,3 @@ copybutton_selector = (
 copybutton_prompt_text = r"\$ |>>> |\.\.\. "
 copybutton_prompt_is_regexp = True
 copybutton_only_copy_prompt_lines = False
-
-# -- OpenGraph --------------------------------------------------------------------
-ogp_site_url = SITE_URL
-ogp_site_name = "PyTorch Buffers, executed"
-ogp_social_cards = {"enable": False}  # cards are drawn with fonts fetched online

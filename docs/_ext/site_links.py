@@ -1,4 +1,5 @@
-"""Links from each page back to its source: view, edit, and Run in Google Colab.
+"""Links from each page back to its source (view, edit, Run in Google Colab), and
+the hosted site's metadata: OpenGraph tags and a complete sitemap.
 
 Everything derives from one setting, the repository URL in pyproject.toml. A
 chapter page links to its script in ``examples/`` (never to the generated
@@ -10,10 +11,12 @@ to the stable path ``notebooks/<chapter>.ipynb``.
 from __future__ import annotations
 
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from docutils import nodes
 from sphinx.application import Sphinx
 
 BRANCH = "main"
@@ -66,6 +69,58 @@ def add_links(
         context["body"] = links + context["body"]
 
 
+def _ancestors(node: Any) -> list[Any]:
+    found = []
+    while node.parent is not None:
+        node = node.parent
+        found.append(node)
+    return found
+
+
+def add_opengraph(
+    app: Sphinx,
+    pagename: str,
+    templatename: str,  # noqa: ARG001 (the html-page-context event's signature)
+    context: dict[str, Any],
+    doctree: Any,
+) -> None:
+    """OpenGraph tags for link previews (sphinxext-opengraph imports matplotlib,
+    a second of every rebuild, for social cards this site does not use)."""
+    base = app.config.html_baseurl
+    if not base or "metatags" not in context:
+        return
+    title = re.sub(r"<[^>]+>", "", context.get("title", "")) or app.config.project
+    description = ""
+    if doctree is not None:
+        first = next(
+            (
+                paragraph
+                for paragraph in doctree.findall(nodes.paragraph)
+                if not any(
+                    isinstance(a, nodes.Admonition) for a in _ancestors(paragraph)
+                )
+            ),
+            None,
+        )
+        if first is not None:
+            text = " ".join(first.astext().split())
+            description = (
+                text if len(text) <= 200 else text[:197].rsplit(" ", 1)[0] + "..."
+            )
+    tags = {
+        "og:title": html.unescape(title),
+        "og:type": "website",
+        "og:url": f"{base}{pagename}.html",
+        "og:site_name": app.config.html_title,
+        "og:description": description,
+    }
+    context["metatags"] += "".join(
+        f'\n<meta property="{key}" content="{html.escape(value)}" />'
+        for key, value in tags.items()
+        if value
+    )
+
+
 def copy_notebooks(app: Sphinx, exception: Exception | None) -> None:
     """Put each chapter's notebook at ``notebooks/<chapter>.ipynb`` in the site."""
     if exception is not None or app.builder.format != "html":
@@ -101,6 +156,7 @@ def write_sitemap(app: Sphinx, exception: Exception | None) -> None:
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("guide_repository", "", "html", types=[str])
     app.connect("html-page-context", add_links)
+    app.connect("html-page-context", add_opengraph)
     app.connect("build-finished", copy_notebooks)
     app.connect("build-finished", write_sitemap)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
