@@ -19,6 +19,7 @@ rank's running statistics with and without that broadcast.
 
 import multiprocessing
 import socket
+import textwrap
 import warnings
 
 import torch
@@ -128,7 +129,8 @@ def show(reports):
 
 with_broadcast = run(broadcast_buffers=True)
 said = with_broadcast[0][4]
-print("\n".join(said) if said else "(no warning from this torch version)")
+for message in said or ["(no warning from this torch version)"]:
+    print(textwrap.fill(message, width=88))
 show(with_broadcast)
 print(
     "running_mean identical on both ranks:",
