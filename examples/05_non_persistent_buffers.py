@@ -46,10 +46,10 @@ class Attention(nn.Module):
             torch.ones(context_length, context_length, dtype=torch.bool)
         )
         self.register_buffer("mask", causal, persistent=persistent_mask)
+        # A rotary-embedding angle table, rebuilt from the configuration:
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, dim, 2) / dim)
         positions = torch.arange(context_length, dtype=torch.float32)
-        self.angles = nn.Buffer(
-            torch.outer(positions, torch.ones(dim // 2)), persistent=False
-        )
+        self.angles = nn.Buffer(torch.outer(positions, inv_freq), persistent=False)
 
 
 attention = Attention(dim=8, context_length=16, persistent_mask=False).to(device)

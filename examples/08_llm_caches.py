@@ -188,8 +188,7 @@ print(f"buffers left out: {all_buffers:,} bytes")
 # Where real models do this
 # -------------------------
 # The same choices appear in well-known open code (as read when this chapter was
-# written; check
-# the current source before relying on it):
+# written; check the current source before relying on it):
 #
 # - Hugging Face ``transformers``, ``models/llama/modeling_llama.py``,
 #   ``LlamaRotaryEmbedding``: ``inv_freq`` is registered with
