@@ -25,6 +25,7 @@ GENERATED = [
     DOCS / "auto_examples",
     DOCS / "gen_modules",
     DOCS / "sg_execution_times.rst",
+    DOCS / "_thumbnails",
     BUILD,
 ]
 

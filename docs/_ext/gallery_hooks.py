@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +10,21 @@ from typing import Any
 def matplotlib_scraper(
     block: Any, block_vars: Any, gallery_conf: Any, **kwargs: Any
 ) -> str:
-    """sphinx-gallery's matplotlib scraper, for chapters that imported pyplot only.
+    """sphinx-gallery's matplotlib scraper, imported only when a chapter has run.
 
     Naming ``"matplotlib"`` in ``image_scrapers`` imports matplotlib whenever the
-    configuration loads, a second of every no-op rebuild; this defers it.
+    configuration loads, a second of every no-op rebuild; this defers it. The Agg
+    backend and the silenced ``plt.show()`` come from the ``"matplotlib"`` entry of
+    ``reset_modules``, which runs before each chapter.
     """
-    if "matplotlib.pyplot" not in sys.modules:
-        return ""
     from sphinx_gallery.scrapers import matplotlib_scraper as scrape  # noqa: PLC0415
 
     return str(scrape(block, block_vars, gallery_conf, **kwargs))
 
 
-def reset_torch(gallery_conf: dict[str, Any], fname: str) -> None:
+def reset_torch(gallery_conf: dict[str, Any], fname: str) -> None:  # noqa: ARG001
     """Give every chapter the same fresh global torch state, whatever ran before it."""
     import torch  # noqa: PLC0415 (only when a chapter runs; a no-op rebuild never pays)
-
-    folders = gallery_conf["examples_dirs"]
-    folders = [folders] if isinstance(folders, str) else folders
-    sources = [Path(gallery_conf["src_dir"], folder, fname) for folder in folders]
-    if any(path.is_file() and "matplotlib" in path.read_text() for path in sources):
-        # What sphinx-gallery does for its own matplotlib scraper: a non-interactive
-        # backend, and plt.show() as a no-op, before the chapter runs.
-        import matplotlib as mpl  # noqa: PLC0415
-
-        mpl.use("agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-
-        plt.show = lambda *args, **kwargs: None  # noqa: ARG005
 
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)

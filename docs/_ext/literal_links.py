@@ -20,8 +20,8 @@ from sphinx.application import Sphinx
 from sphinx.transforms.post_transforms import SphinxPostTransform
 
 INVENTORIES = Path(__file__).resolve().parent.parent / "_inventories"
-# Bare method names are linked only for these owners (no ambiguity between them
-# matters: where both have a method, nn.Module's is the one prose means).
+# Bare method names are linked only for these owners. Where two share a name
+# (``to``), the first listed wins: in this guide's prose it means nn.Module's.
 METHOD_OWNERS = ("torch.nn.Module.", "torch.Tensor.", "torch.nn.functional.")
 # Receivers prose writes before a method: ``self.register_buffer(...)``.
 RECEIVERS = ("self.", "module.", "model.")
