@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+TESTS = ROOT / "tests"
 DRIVER = Path(__file__).with_name("chapter_driver.py")
 
 
@@ -62,6 +63,8 @@ def run_chapter(tmp_path: Path):
             check=False,
         )
         assert result.returncode == 0, result.stderr
+        # A reader's folder stays clean: chapters write only to temporary folders.
+        assert list(tmp_path.iterdir()) == [], "the chapter wrote to its working dir"
         output, _, facts = result.stdout.rpartition("FACTS:")
         return ChapterRun(stdout=output, facts=json.loads(facts), cwd=tmp_path)
 
