@@ -40,6 +40,7 @@ extensions = [
     "notfound.extension",
     "site_links",
     "literal_links",
+    "reader_downloads",
 ]
 templates_path = ["_templates"]
 exclude_patterns = [
