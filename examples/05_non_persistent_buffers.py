@@ -62,6 +62,11 @@ assert all(b.device.type == device.type for b in attention.buffers()), (
 assert list(attention.state_dict()) == ["qkv.weight"], (
     "claim: neither non-persistent buffer is in state_dict()"
 )
+# sphinx_gallery_start_ignore
+assert sorted(name for name, _ in attention.named_buffers()) == ["angles", "mask"], (
+    "claim: assigning an nn.Buffer registers it, like register_buffer"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Both buffers moved with ``.to(device)``; neither is in ``state_dict()``, which

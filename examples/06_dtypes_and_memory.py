@@ -157,7 +157,7 @@ for dtype in (torch.float16, torch.bfloat16):
 # %%
 # Worse than casting a finished table is *computing* one in bfloat16, which
 # happens when code rebuilds the table from a tensor that has already been
-# cast. The positions themselves no longer fit in 8 bits of mantissa:
+# cast. The positions themselves no longer fit in 8 significant bits:
 
 positions_bf16 = torch.arange(4096).to(torch.bfloat16)
 print("distinct positions out of 4,096 in bfloat16:", positions_bf16.unique().numel())
