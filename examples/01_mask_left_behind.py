@@ -170,8 +170,8 @@ else:
     print(f"{together}, and masked_fill_ accepted them.")
 
 # %%
-# The forward pass fails exactly when the weights and the mask are on different
-# devices; on an accelerator the message is the notebook's:
+# Whatever the device, this line checks the story so far: the forward pass fails
+# exactly when the weights and the mask are on different devices.
 
 assert forward_failed == (weights_on != mask_on), (
     "claim: the forward pass fails exactly when the weights and the mask are on "

@@ -202,6 +202,8 @@ for dtype in (torch.float16, torch.bfloat16):
         f"claim: casting a finished table costs about what {dtype} costs anyway"
     )
 # sphinx_gallery_end_ignore
+
+# %%
 # What the mask costs in memory
 # -----------------------------
 # A T x T mask takes T² elements per layer that holds one: 4 bytes each in
