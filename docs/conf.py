@@ -84,6 +84,7 @@ python_use_unqualified_type_names = True
 # -- MyST-NB --------------------------------------------------------------------
 nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
+nb_execution_show_tb = True  # a failed check on a page names its claim in the log
 nb_execution_timeout = 180
 nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 

@@ -32,6 +32,10 @@ device = torch.device(
     or "cpu"
 )
 print(f"torch {torch.__version__}, device: {device}")
+# sphinx_gallery_start_ignore
+if torch.cuda.is_available() and not os.environ.get("GUIDE_DEVICE"):
+    assert device.type == "cuda", "claim: the chapter picks CUDA first when present"
+# sphinx_gallery_end_ignore
 
 # %%
 # A module without buffers
@@ -93,6 +97,23 @@ d_in = inputs.shape[1]
 d_out = 2
 
 ca_without_buffer = CausalAttentionWithoutBuffers(d_in, d_out, context_length, 0.0)
+# sphinx_gallery_start_ignore
+assert [name for name, _ in ca_without_buffer.named_parameters()] == [
+    "W_query.weight",
+    "W_key.weight",
+    "W_value.weight",
+], "claim: nn.Module registers the parameters of the Linear layers you assign"
+assert [name for name, _ in ca_without_buffer.named_children()] == [
+    "W_query",
+    "W_key",
+    "W_value",
+    "dropout",
+], "claim: nn.Module registers the submodules you assign"
+assert list(ca_without_buffer.named_buffers()) == [], (
+    "claim: the plain tensor is not registered as a buffer"
+)
+assert "mask" in vars(ca_without_buffer), "claim: a plain tensor is just stored"
+# sphinx_gallery_end_ignore
 
 with torch.no_grad():
     cpu_context_vecs = ca_without_buffer(batch)
@@ -100,8 +121,29 @@ print(cpu_context_vecs)
 
 # %%
 # Both rows of the batch are the same sentence, so both halves of the output
-# match. The first row, ``[-0.4519, 0.2216]``, is the book's.
-#
+# match. The numbers are the book's, to the four decimals it prints; the first
+# row is ``[-0.4519, 0.2216]``. This line checks all six rows:
+
+BOOK_CONTEXT_VECS = torch.tensor(
+    [
+        [-0.4519, 0.2216],
+        [-0.5874, 0.0058],
+        [-0.6300, -0.0632],
+        [-0.5675, -0.0843],
+        [-0.5526, -0.0981],
+        [-0.5299, -0.1081],
+    ]
+)
+assert torch.allclose(cpu_context_vecs, BOOK_CONTEXT_VECS, rtol=0, atol=5e-5), (
+    "claim: seed 123 and the book's inputs reproduce the book's context vectors"
+)
+# sphinx_gallery_start_ignore
+assert torch.equal(cpu_context_vecs[0], cpu_context_vecs[1]), (
+    "claim: both halves of the output match"
+)
+# sphinx_gallery_end_ignore
+
+# %%
 # Moving the module to the device
 # -------------------------------
 # Now the module and the batch go to the device, and the forward pass runs
@@ -110,19 +152,37 @@ print(cpu_context_vecs)
 
 ca_without_buffer.to(device)
 batch_on_device = batch.to(device)
+weights_on = ca_without_buffer.W_query.weight.device
+mask_on = ca_without_buffer.mask.device
 
+forward_error = ""
 try:
     with torch.no_grad():
         context_vecs = ca_without_buffer(batch_on_device)
 except RuntimeError as error:
     forward_failed = True
+    forward_error = str(error)
     print(f"{type(error).__name__}: {error}")
 else:
     forward_failed = False
-    weights_on = ca_without_buffer.W_query.weight.device
-    mask_on = ca_without_buffer.mask.device
-    print(f"No error on {device}: nothing failed here. The weights ({weights_on}) and")
-    print(f"the mask ({mask_on}) share a device, so masked_fill_ found them together.")
+    together = "share a device" if weights_on == mask_on else "are on different devices"
+    print(f"No error on {device}: the weights ({weights_on}) and the mask ({mask_on})")
+    print(f"{together}, and masked_fill_ accepted them.")
+
+# %%
+# Whatever the device, this line checks the story so far: the forward pass fails
+# exactly when the weights and the mask are on different devices.
+
+assert forward_failed == (weights_on != mask_on), (
+    "claim: the forward pass fails exactly when the weights and the mask are on "
+    "different devices"
+)
+# sphinx_gallery_start_ignore
+if forward_failed:
+    assert "expected self and mask to be on the same device" in forward_error, (
+        f"claim: masked_fill_ raises the notebook's message; got {forward_error!r}"
+    )
+# sphinx_gallery_end_ignore
 
 # %%
 # Where did each tensor end up? ``.to()`` moved the weights of the three
@@ -133,6 +193,15 @@ else:
 
 print("W_query.weight.device:", ca_without_buffer.W_query.weight.device)
 print("mask.device:          ", ca_without_buffer.mask.device)
+# sphinx_gallery_start_ignore
+assert all(p.device.type == device.type for p in ca_without_buffer.parameters()), (
+    "claim: .to() moved the weights of the three nn.Linear layers"
+)
+assert mask_on.type == "cpu", "claim: the mask stays where it was built"
+assert (weights_on != mask_on) == (device.type != "cpu"), (
+    "claim: the two devices differ exactly when the build has an accelerator"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Seeing the cause on any machine
@@ -146,6 +215,20 @@ meta_copy = copy.deepcopy(ca_without_buffer).to("meta")
 for name, parameter in meta_copy.named_parameters():
     print(f"{name:16} parameter  -> {parameter.device}")
 print(f"{'mask':16} plain attr -> {meta_copy.mask.device}")
+assert all(p.is_meta for p in meta_copy.parameters()), "claim: .to() moves every weight"
+assert not meta_copy.mask.is_meta, "claim: .to() leaves the plain mask behind"
+# sphinx_gallery_start_ignore
+try:
+    meta_copy.W_query.weight.cpu()
+except NotImplementedError as error:
+    meta_refusal = str(error)
+else:
+    meta_refusal = ""
+assert "no data" in meta_refusal, "claim: a meta tensor has no data to copy out"
+assert ca_without_buffer.W_query.weight.device.type == device.type, (
+    "claim: moving the copy leaves the original module where it was"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # The weights followed ``.to("meta")``; the mask did not. On a GPU the same thing
@@ -161,7 +244,8 @@ print(f"{'mask':16} plain attr -> {meta_copy.mask.device}")
 # but got mask on cpu and self on cuda:0", names that method's arguments:
 # ``self`` is ``attn_scores`` and ``mask`` is its first argument.
 
-print(torch.Tensor.masked_fill_.__doc__.strip().splitlines()[0])
+masked_fill_signature = torch.Tensor.masked_fill_.__doc__.strip().splitlines()[0]
+print(masked_fill_signature)
 
 with torch.no_grad():
     x = batch.to("meta")
@@ -169,12 +253,21 @@ with torch.no_grad():
     attn_scores = queries @ keys.transpose(1, 2)
 print("queries:", queries.device, " keys:", keys.device, " scores:", attn_scores.device)
 print("mask passed to masked_fill_:", meta_copy.mask.device)
+assert queries.device == keys.device == attn_scores.device != meta_copy.mask.device, (
+    "claim: the matrix multiplication only sees moved tensors; the mask is elsewhere"
+)
+# sphinx_gallery_start_ignore
+assert masked_fill_signature.startswith("masked_fill_(mask, value)"), (
+    "claim: masked_fill_'s first argument is called mask"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Fixing it by hand
 # -----------------
-# Moving the mask yourself makes the module work again, and it computes exactly
-# what it computed on the CPU.
+# Moving the mask yourself makes the module work again, and it computes what it
+# computed on the CPU, to float precision: an accelerator may round the last bit
+# differently, so the check allows float32's relative precision (about 1e-6).
 
 ca_without_buffer.mask = ca_without_buffer.mask.to(device)
 print("mask.device:", ca_without_buffer.mask.device)
@@ -182,7 +275,32 @@ print("mask.device:", ca_without_buffer.mask.device)
 with torch.no_grad():
     context_vecs = ca_without_buffer(batch_on_device)
 print(context_vecs)
-print("same as on the CPU:", torch.allclose(context_vecs.cpu(), cpu_context_vecs))
+largest_difference = (context_vecs.cpu() - cpu_context_vecs).abs().max().item()
+bitwise = torch.equal(context_vecs.cpu(), cpu_context_vecs)
+print(f"largest difference from the CPU result: {largest_difference:.1e}")
+print("identical bit for bit:", bitwise)
+assert torch.allclose(context_vecs.cpu(), cpu_context_vecs, rtol=1.3e-6, atol=1e-6), (
+    "claim: the fixed module computes the CPU result to float precision"
+)
+# sphinx_gallery_start_ignore
+if device.type == "cpu":
+    assert bitwise, "claim: on the CPU the result is identical bit for bit"
+# Not repeated after the next move: .to() and .half() leave the mask behind again.
+moved_again = copy.deepcopy(ca_without_buffer).to("meta").half()
+assert not moved_again.mask.is_meta, "claim: the fix must be repeated after .to()"
+assert moved_again.mask.dtype == torch.float32, (
+    "claim: the fix must be repeated after .half()"
+)
+# What to remember: .to() moves buffers too, never a plain tensor attribute.
+holder = nn.Module()
+holder.register_buffer("buffer", torch.zeros(1))
+holder.child = nn.Linear(1, 1)
+holder.plain = torch.zeros(1)
+holder.to("meta")
+assert holder.buffer.is_meta, "claim: .to() moves buffers"
+assert holder.child.weight.is_meta, "claim: .to() moves submodules"
+assert not holder.plain.is_meta, "claim: .to() never moves a plain tensor attribute"
+# sphinx_gallery_end_ignore
 
 # %%
 # That fix has to be repeated after every ``.to()``, ``.cuda()`` or

@@ -14,8 +14,11 @@ fresh modules, and shows which change survives.
 # Where this page ran
 # -------------------
 
+import io
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -86,14 +89,42 @@ ca_with_buffer = CausalAttentionWithBuffer(d_in, d_out, context_length, 0.0).to(
 # %%
 # What each ``state_dict`` holds
 # ------------------------------
-# ``state_dict()`` is an ordered mapping from names to tensors: parameters
-# first, then persistent buffers, submodule by submodule.
+# ``state_dict()`` is an ordered mapping from names to tensors, built module by
+# module: a module's own parameters, then its own persistent buffers, then the
+# entries of each submodule in the order they were assigned. Here the attention
+# module has no parameters of its own (the weights belong to its three
+# ``nn.Linear`` submodules), so its own buffer ``mask`` comes first.
 
 without_keys = list(ca_without_buffer.state_dict())
 with_keys = list(ca_with_buffer.state_dict())
 print("without buffer:", without_keys)
 print("with buffer:   ", with_keys)
 print("only in the buffered module:", sorted(set(with_keys) - set(without_keys)))
+assert with_keys == ["mask", *without_keys], (
+    "claim: the module's own buffer comes before its submodules' parameters"
+)
+# sphinx_gallery_start_ignore
+assert without_keys == ["W_query.weight", "W_key.weight", "W_value.weight"], (
+    "claim: submodules' entries come in the order they were assigned"
+)
+
+
+class Order(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.child = nn.Linear(1, 1)
+        self.register_buffer("own_buffer", torch.zeros(1))
+        self.register_buffer("own_scratch", torch.zeros(1), persistent=False)
+        self.own_parameter = nn.Parameter(torch.zeros(1))
+
+
+assert list(Order().state_dict()) == [
+    "own_parameter",
+    "own_buffer",
+    "child.weight",
+    "child.bias",
+], "claim: own parameters, then own persistent buffers, then submodules"
+# sphinx_gallery_end_ignore
 
 # %%
 # Changing the mask
@@ -133,9 +164,53 @@ with tempfile.TemporaryDirectory() as tmp:
         torch.load(with_path, weights_only=True, map_location="cpu")
     )
     loaded_without = CausalAttentionWithoutBuffers(d_in, d_out, context_length, 0.0)
-    loaded_without.load_state_dict(
+    without_result = loaded_without.load_state_dict(
         torch.load(without_path, weights_only=True, map_location="cpu")
     )
+
+# sphinx_gallery_start_ignore
+assert not checkpoint_dir.exists(), "claim: nothing is left where you run this"
+checkpoint = io.BytesIO()
+torch.save(ca_with_buffer.state_dict(), checkpoint)  # saved from this build's device
+with zipfile.ZipFile(checkpoint) as archive:
+    assert any(n.endswith("data.pkl") for n in archive.namelist()), (
+        "claim: a .pt file holds a pickle"
+    )
+checkpoint.seek(0)
+saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
+assert isinstance(saved, dict), "claim: a state dict is a plain container"
+assert all(type(t) is torch.Tensor for t in saved.values()), (
+    "claim: a state dict holds only tensors"
+)
+assert all(t.device.type == "cpu" for t in saved.values()), (
+    "claim: map_location='cpu' loads every tensor onto the CPU"
+)
+# weights_only=True stops a pickle from running code; without it, loading runs it.
+import builtins
+
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("import builtins; builtins._guide_payload_ran = True",))
+
+
+payload = io.BytesIO()
+torch.save({"weights": Payload()}, payload)
+refusals = []
+for load_arguments in ({"weights_only": True}, {}):
+    payload.seek(0)
+    try:
+        torch.load(payload, **load_arguments)
+    except pickle.UnpicklingError as error:
+        refusals.append(str(error))
+assert len(refusals) == 2, "claim: weights_only=True, the default, refuses a payload"
+assert not hasattr(builtins, "_guide_payload_ran"), "claim: no code ran on load"
+assert "PyTorch 2.6" in refusals[1], "claim: weights_only=True is the default since 2.6"
+payload.seek(0)
+torch.load(payload, weights_only=False)
+assert builtins._guide_payload_ran, "claim: unpickling an arbitrary object runs code"
+del builtins._guide_payload_ran
+# sphinx_gallery_end_ignore
 
 # %%
 # The buffered module comes back with the modified mask:
@@ -147,8 +222,14 @@ print(loaded_with.mask)
 # were never saved:
 
 print(loaded_without.mask)
-print("change survived, with buffer:   ", bool((loaded_with.mask == 2.0).any()))
-print("change survived, without buffer:", bool((loaded_without.mask == 2.0).any()))
+survived_with = bool((loaded_with.mask == 2.0).any())
+survived_without = bool((loaded_without.mask == 2.0).any())
+print("change survived, with buffer:   ", survived_with)
+print("change survived, without buffer:", survived_without)
+print("load_state_dict said, without buffer:", without_result)
+assert survived_with, "claim: the registered buffer's change survives the checkpoint"
+assert not survived_without, "claim: the plain attribute's change is lost"
+assert tuple(without_result) == ([], []), "claim: and it is lost silently"
 
 # %%
 # ``map_location="cpu"`` loads the tensors onto the CPU whatever device they were
@@ -156,8 +237,9 @@ print("change survived, without buffer:", bool((loaded_without.mask == 2.0).any(
 #
 # What to remember
 # ----------------
-# - ``state_dict()`` holds parameters and (persistent) buffers; plain tensor
-#   attributes are not in it, so they are neither saved nor restored.
+# - ``state_dict()`` holds parameters and (persistent) buffers, each module's
+#   own before its submodules'; plain tensor attributes are not in it, so they
+#   are neither saved nor restored.
 # - A buffer that carries learned or updated state must be registered, or every
 #   checkpoint silently drops it.
 # - Load checkpoints with ``torch.load(path, weights_only=True)``: a checkpoint is

@@ -56,6 +56,17 @@ attention = Attention(dim=8, context_length=16, persistent_mask=False).to(device
 for name, buffer in attention.named_buffers():
     print(f"buffer {name:7} on {buffer.device}, dtype {buffer.dtype}")
 print("state_dict keys:", list(attention.state_dict()))
+assert all(b.device.type == device.type for b in attention.buffers()), (
+    "claim: non-persistent buffers move with .to(device)"
+)
+assert list(attention.state_dict()) == ["qkv.weight"], (
+    "claim: neither non-persistent buffer is in state_dict()"
+)
+# sphinx_gallery_start_ignore
+assert sorted(name for name, _ in attention.named_buffers()) == ["angles", "mask"], (
+    "claim: assigning an nn.Buffer registers it, like register_buffer"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Both buffers moved with ``.to(device)``; neither is in ``state_dict()``, which
@@ -84,6 +95,11 @@ persistent_size = checkpoint_bytes(stack(persistent_mask=True))
 non_persistent_size = checkpoint_bytes(stack(persistent_mask=False))
 print(f"checkpoint with persistent masks:     {persistent_size / 2**20:7.1f} MiB")
 print(f"checkpoint with non-persistent masks: {non_persistent_size / 2**20:7.1f} MiB")
+# sphinx_gallery_start_ignore
+assert persistent_size - non_persistent_size >= 12 * 4096**2, (
+    "claim: persistent bool masks add 4,096² bytes per layer to the checkpoint"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # The other reason is shape. A persistent mask records the context length the
@@ -95,15 +111,29 @@ long = Attention(dim=8, context_length=32, persistent_mask=True)
 try:
     long.load_state_dict(short.state_dict())
 except RuntimeError as error:
+    shape_error = str(error)
     print(f"{type(error).__name__}: {error}")
+else:
+    shape_error = ""
+assert "size mismatch for mask" in shape_error, "claim: the mask refuses to load"
+# sphinx_gallery_start_ignore
+assert "qkv.weight" not in shape_error, "claim: the weights are not what refuses"
+# sphinx_gallery_end_ignore
 
 # %%
 # With a non-persistent mask the same load works, and the longer model keeps
 # the mask its own ``__init__`` built:
 
 long_np = Attention(dim=8, context_length=32, persistent_mask=False)
-print(long_np.load_state_dict(Attention(8, 16, persistent_mask=False).state_dict()))
+long_np_result = long_np.load_state_dict(
+    Attention(8, 16, persistent_mask=False).state_dict()
+)
+print(long_np_result)
 print("mask shape after loading:", tuple(long_np.mask.shape))
+assert long_np.mask.shape == (32, 32), "claim: the longer model keeps its own mask"
+# sphinx_gallery_start_ignore
+assert tuple(long_np_result) == ([], []), "claim: with a non-persistent mask it loads"
+# sphinx_gallery_end_ignore
 
 # %%
 # A checkpoint that disagrees with the module
@@ -116,16 +146,23 @@ new_module = Attention(8, 16, persistent_mask=False)
 try:
     new_module.load_state_dict(old_checkpoint)
 except RuntimeError as error:
+    unexpected_error = str(error)
     print(f"{type(error).__name__}: {error}")
+else:
+    unexpected_error = ""
+# sphinx_gallery_start_ignore
+assert 'Unexpected key(s) in state_dict: "mask"' in unexpected_error, (
+    "claim: a strict load of the old checkpoint fails and names the mask"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Note what the exception does not undo: ``load_state_dict`` copies every key
 # that matches before it raises, so the module is now half loaded.
 
-print(
-    "weight copied anyway:",
-    torch.equal(new_module.qkv.weight, old_checkpoint["qkv.weight"]),
-)
+weight_copied = torch.equal(new_module.qkv.weight, old_checkpoint["qkv.weight"])
+print("weight copied anyway:", weight_copied)
+assert weight_copied, "claim: a failed strict load still copies the matching keys"
 
 # %%
 # The reverse: a checkpoint saved without the mask, loaded into a module that
@@ -134,22 +171,65 @@ print(
 try:
     Attention(8, 16, persistent_mask=True).load_state_dict(new_module.state_dict())
 except RuntimeError as error:
+    missing_error = str(error)
     print(f"{type(error).__name__}: {error}")
+else:
+    missing_error = ""
+# sphinx_gallery_start_ignore
+assert 'Missing key(s) in state_dict: "mask"' in missing_error, (
+    "claim: a strict load into a module that expects the mask fails and names it"
+)
+# sphinx_gallery_end_ignore
 
 # %%
-# ``strict=False`` and what it hides
-# ----------------------------------
-# ``strict=False`` makes both loads pass and returns the keys it skipped. That is
-# harmless here, but it skips a real problem just as quietly. Below, the old
-# checkpoint has also lost its weight (say, after a rename): with
+# What ``strict=False`` does, and what it does not
+# ------------------------------------------------
+# ``strict=False`` forgives exactly two things, missing keys and unexpected
+# keys: it makes both loads above pass and returns the keys it skipped.
+
+new_checkpoint = new_module.state_dict()
+skipped_unexpected = Attention(8, 16, persistent_mask=False).load_state_dict(
+    old_checkpoint, strict=False
+)
+skipped_missing = Attention(8, 16, persistent_mask=True).load_state_dict(
+    new_checkpoint, strict=False
+)
+print(skipped_unexpected)
+print(skipped_missing)
+# sphinx_gallery_start_ignore
+assert skipped_unexpected.unexpected_keys == ["mask"], "claim: strict=False skips it"
+assert skipped_missing.missing_keys == ["mask"], "claim: strict=False skips it"
+# sphinx_gallery_end_ignore
+
+# %%
+# That is harmless here, but it skips a real problem just as quietly. Below, the
+# old checkpoint has also lost its weight (say, after a rename): with
 # ``strict=False`` the load "succeeds" and the module keeps random weights.
 
 broken_checkpoint = dict(old_checkpoint)
 del broken_checkpoint["qkv.weight"]
 fresh_module = Attention(8, 16, persistent_mask=False)
-print(fresh_module.load_state_dict(broken_checkpoint, strict=False))
+broken_result = fresh_module.load_state_dict(broken_checkpoint, strict=False)
+print(broken_result)
 weights_loaded = torch.equal(fresh_module.qkv.weight, old_checkpoint["qkv.weight"])
 print("weights loaded?", weights_loaded)
+assert broken_result.missing_keys == ["qkv.weight"], "claim: strict=False skips it"
+assert not weights_loaded, "claim: and the module keeps its random weights"
+
+# %%
+# What ``strict=False`` does not forgive is a key whose *shape* differs. The
+# 16-token mask from above still refuses to load into the 32-token model:
+
+try:
+    long.load_state_dict(short.state_dict(), strict=False)
+except RuntimeError as error:
+    strict_false_error = str(error)
+    print(f"{type(error).__name__}: {error}")
+else:
+    strict_false_error = ""
+assert "size mismatch for mask" in strict_false_error, (
+    "claim: strict=False still raises on a shape mismatch"
+)
 
 # %%
 # The usual fix: drop exactly the keys the module no longer saves, then load
@@ -159,6 +239,18 @@ expected_keys = new_module.state_dict().keys()
 filtered = {key: value for key, value in old_checkpoint.items() if key in expected_keys}
 print("dropped:", sorted(old_checkpoint.keys() - filtered.keys()))
 print(new_module.load_state_dict(filtered))
+# sphinx_gallery_start_ignore
+filtered_broken = {k: v for k, v in broken_checkpoint.items() if k in expected_keys}
+try:
+    Attention(8, 16, persistent_mask=False).load_state_dict(filtered_broken)
+except RuntimeError as error:
+    other_mismatch = str(error)
+else:
+    other_mismatch = ""
+assert 'Missing key(s) in state_dict: "qkv.weight"' in other_mismatch, (
+    "claim: after filtering, a strict load still fails on any other mismatch"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # The buffer methods of ``nn.Module``
@@ -173,13 +265,26 @@ print("named_buffers():", [name for name, _ in model.named_buffers()])
 print("buffers():      ", [tuple(b.shape) for b in model.buffers()])
 print("get_buffer('0.mask'):", tuple(model.get_buffer("0.mask").shape))
 
+# sphinx_gallery_start_ignore
+assert [name for name, _ in model.named_buffers()] == ["0.mask", "0.angles"], (
+    "claim: named_buffers() walks the tree, persistent or not"
+)
+assert model.get_buffer("0.mask") is model[0].mask, "claim: get_buffer takes a path"
+# sphinx_gallery_end_ignore
+
 slot = nn.Module()
 slot.register_buffer("cache", None)
 print("None buffer: named_buffers", [n for n, _ in slot.named_buffers()],
       "state_dict", list(slot.state_dict()))  # fmt: skip
+# sphinx_gallery_start_ignore
+assert list(slot.named_buffers()) == [], "claim: named_buffers() skips a None buffer"
+assert list(slot.state_dict()) == [], "claim: state_dict() skips a None buffer"
+assert slot.to("meta").cache is None, "claim: .to() skips a None buffer"
+# sphinx_gallery_end_ignore
 slot.cache = torch.zeros(3)  # assigning to the slot registers the tensor
 print("after assignment: named_buffers", [n for n, _ in slot.named_buffers()],
       "state_dict", list(slot.state_dict()))  # fmt: skip
+assert list(slot.state_dict()) == ["cache"], "claim: assigning registers the tensor"
 
 # %%
 # What to remember
@@ -189,5 +294,6 @@ print("after assignment: named_buffers", [n for n, _ in slot.named_buffers()],
 #   no shape baked into them for tensors the code rebuilds.
 # - A persistence change breaks strict loading in both directions; the error
 #   names the key.
-# - ``strict=False`` hides every mismatch, including real ones. Drop the keys the
-#   module no longer saves and load strictly instead.
+# - ``strict=False`` forgives missing and unexpected keys, real problems
+#   included, but still raises on a shape mismatch. Drop the keys the module no
+#   longer saves and load strictly instead.

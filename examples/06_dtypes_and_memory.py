@@ -69,6 +69,17 @@ print(f"{'tensor':13} {'built as':9} {'.half()':9} .to(torch.bfloat16)")
 for name in before:
     print(f"{name:13} {before[name]:9} {after_half[name]:9} {after_bf16[name]}")
 
+floating = {name for name, dtype in before.items() if dtype.startswith("float")}
+for cast, after in (("float16", after_half), ("bfloat16", after_bf16)):
+    assert all(
+        after[name] == (cast if name in floating else before[name]) for name in before
+    ), f"claim: a cast to {cast} reaches floating-point tensors only"
+# sphinx_gallery_start_ignore
+assert torch.equal(block.float_mask.float(), Block().float_mask.to(device)), (
+    "claim: 0 and 1 survive the cast exactly"
+)
+# sphinx_gallery_end_ignore
+
 # %%
 # The floating-point buffers follow the cast, the bool and integer ones do not.
 # Only the float mask changing is harmless (0 and 1 are exact in every float
@@ -76,41 +87,77 @@ for name in before:
 #
 # What bfloat16 does to a rotary table
 # ------------------------------------
-# bfloat16 keeps float32's range but only 8 bits of mantissa. A cos/sin table
-# for 4,096 positions and head size 128, computed in float64 as reference:
+# bfloat16 keeps float32's range but only 8 significant bits (7 stored), where
+# float32 has 24 and float16 11. A cos/sin table for 4,096 positions and head
+# size 128, computed in float64 as reference:
 
 reference = rotary_table(4096, 128, torch.float64)
+table_errors = {}
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
     error = (reference.to(dtype).to(torch.float64) - reference).abs()
+    table_errors[dtype] = error.max().item()
     print(
         f"{dtype!s:15} max abs error {error.max().item():.2e}, mean {error.mean().item():.2e}"
     )
+# sphinx_gallery_start_ignore
+f32, f16, bf16 = (
+    torch.finfo(d) for d in (torch.float32, torch.float16, torch.bfloat16)
+)
+assert (f32.eps, f16.eps, bf16.eps) == (2.0**-23, 2.0**-10, 2.0**-7), (
+    "claim: float32, float16 and bfloat16 have 24, 11 and 8 significant bits"
+)
+assert 0.99 < bf16.max / f32.max <= 1, "claim: bfloat16 keeps float32's range"
+assert (
+    table_errors[torch.float32]
+    < table_errors[torch.float16]
+    < table_errors[torch.bfloat16]
+), "claim: bfloat16 loses the most"
+# sphinx_gallery_end_ignore
 
 # %%
 # What those errors do to a rotated query, as the largest error relative to the
-# vector's length, over all 4,096 positions:
+# vector's length, over all 4,096 positions. For scale, the second column is
+# what storing the exactly rotated query in that dtype costs anyway:
 
 query = torch.randn(4096, 128, dtype=torch.float64)
 
 
 def rotate(x, table):
-    cos, sin = table[:, :64], table[:, 64:]
-    x1, x2 = x[:, :64], x[:, 64:]
+    half = table.shape[-1] // 2
+    cos, sin = table[:, :half], table[:, half:]
+    x1, x2 = x[:, :half], x[:, half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def largest_relative_error(approx, exact):
+    return ((approx - exact).norm(dim=-1) / exact.norm(dim=-1)).max().item()
+
+
 exact = rotate(query, reference)
+print(f"{'':15} {'cast table':>10} {'result in dtype':>16}")
+table_costs = {}
 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-    approx = rotate(query, reference.to(dtype).to(torch.float64))
-    relative = ((approx - exact).norm(dim=-1) / exact.norm(dim=-1)).max()
-    print(
-        f"{dtype!s:15} largest relative error of a rotated query {relative.item():.1e}"
+    cast_table = largest_relative_error(
+        rotate(query, reference.to(dtype).to(torch.float64)), exact
     )
+    rounded_result = largest_relative_error(exact.to(dtype).to(torch.float64), exact)
+    table_costs[dtype] = (cast_table, rounded_result)
+    print(f"{dtype!s:15} {cast_table:10.1e} {rounded_result:16.1e}")
+
+for dtype in (torch.float16, torch.bfloat16):
+    cast_table, rounded_result = table_costs[dtype]
+    verdict = (
+        "no more than"
+        if cast_table <= rounded_result
+        else f"{cast_table / rounded_result:.1f}x what"
+    )
+    print(f"{dtype}: casting the finished table costs {verdict} storing the result")
+    print(f"  in {dtype} costs anyway.")
 
 # %%
 # Worse than casting a finished table is *computing* one in bfloat16, which
 # happens when code rebuilds the table from a tensor that has already been
-# cast. The positions themselves no longer fit in 8 bits of mantissa:
+# cast. The positions themselves no longer fit in 8 significant bits:
 
 positions_bf16 = torch.arange(4096).to(torch.bfloat16)
 print("distinct positions out of 4,096 in bfloat16:", positions_bf16.unique().numel())
@@ -119,19 +166,62 @@ angles_bf16 = torch.outer(positions_bf16, inv_freq.to(torch.bfloat16))
 table_bf16 = torch.cat([angles_bf16.cos(), angles_bf16.sin()], dim=-1)
 error = (table_bf16.to(torch.float64) - reference).abs()
 print(f"table computed in bfloat16: max abs error {error.max().item():.2f}")
+assert error.max().item() > 100 * table_errors[torch.bfloat16], (
+    "claim: computing a table in bfloat16 is far worse than casting a finished one"
+)
+# sphinx_gallery_start_ignore
+exact_integers = torch.arange(2**8 + 2)
+round_trip = exact_integers.to(torch.bfloat16).long()
+assert torch.equal(round_trip[:-1], exact_integers[:-1]), (
+    "claim: bfloat16's 8 significant bits hold every position up to 256"
+)
+assert round_trip[-1] != 2**8 + 1, "claim: position 257 no longer fits in bfloat16"
+# sphinx_gallery_end_ignore
 
 # %%
-# Which is why some model code builds such tables in float32, keeps them
-# non-persistent, and casts the *result* of the rotation rather than the table,
-# or recomputes the table after a dtype cast.
-#
+# So what matters is *when* the low precision enters. Build a table in float32
+# (or float64) from the configuration, never from positions or frequencies that
+# a cast has already reached. A finished table that follows the model's cast
+# costs about what that dtype costs anyway (the sentences above say how much on
+# this build). To keep one in float32 after a model-wide cast all the same,
+# rebuild it after the cast: assigning a tensor to a buffer's name replaces the
+# buffer and keeps it registered, and non-persistent.
+
+kept = Block().to(device).to(torch.bfloat16)
+kept.rope = rotary_table(8, 16).to(device)  # Block's defaults: context 8, dim 16
+print("rope after the cast and the rebuild:", kept.rope.dtype)
+print("still a buffer:", "rope" in dict(kept.named_buffers()))
+print("still out of state_dict:", "rope" not in kept.state_dict())
+assert kept.rope.dtype == torch.float32, "claim: a rebuilt table stays float32"
+assert "rope" in dict(kept.named_buffers()), "claim: and it stays registered"
+assert "rope" not in kept.state_dict(), "claim: and it stays non-persistent"
+# sphinx_gallery_start_ignore
+for dtype in (torch.float16, torch.bfloat16):
+    cast_table, rounded_result = table_costs[dtype]
+    assert cast_table <= 2 * rounded_result, (
+        f"claim: casting a finished table costs about what {dtype} costs anyway"
+    )
+# sphinx_gallery_end_ignore
+
+# %%
 # What the mask costs in memory
 # -----------------------------
 # A T x T mask takes T² elements per layer that holds one: 4 bytes each in
 # float32, 1 byte as bool. ``scaled_dot_product_attention(..., is_causal=True)``
-# needs no mask tensor at all. These numbers are computed, not allocated:
+# needs no mask tensor at all. These numbers are computed, not allocated: torch
+# reports the size of a mask on the ``meta`` device, which holds no data.
 
 lengths = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+def mask_bytes(length, dtype):
+    return torch.empty(length, length, dtype=dtype, device="meta").nbytes
+
+
+float32_bytes, bool_bytes = (
+    torch.empty(0, dtype=dtype).element_size() for dtype in (torch.float32, torch.bool)
+)
+assert (float32_bytes, bool_bytes) == (4, 1), "claim: 4 bytes in float32, 1 as bool"
 
 
 def size(nbytes):
@@ -142,19 +232,53 @@ def size(nbytes):
 
 print(f"{'context':>8} {'float32 mask':>13} {'bool mask':>10}  is_causal=True")
 for length in lengths:
+    float32_mask = mask_bytes(length, torch.float32)
+    bool_mask = mask_bytes(length, torch.bool)
     print(
-        f"{length:>8,} {size(4 * length**2):>13} {size(length**2):>10}  no mask tensor"
+        f"{length:>8,} {size(float32_mask):>13} {size(bool_mask):>10}  no mask tensor"
     )
+    # sphinx_gallery_start_ignore
+    assert float32_mask == 4 * bool_mask == 4 * length**2, (
+        "claim: a T x T mask takes T² elements; bool is four times smaller"
+    )
+    # sphinx_gallery_end_ignore
 
 # %%
 # ``is_causal=True`` gives the same result as an explicit mask; checked here on
-# this build's device:
+# this build's device. Mind the mask's meaning: for
+# ``scaled_dot_product_attention`` a boolean ``attn_mask`` is True where a query
+# *may attend*, the opposite of the book's mask, whose 1s mark what
+# ``masked_fill_`` hides. So the mask below is the lower triangle (``tril``),
+# exactly the negation of the book's ``triu(..., diagonal=1)``; passed unchanged,
+# the book's mask would hide the past and show the future.
 
 q, k, v = (torch.randn(2, 4, 64, 32, device=device) for _ in range(3))
+book_mask = torch.triu(torch.ones(64, 64, device=device), diagonal=1).bool()
 mask = torch.ones(64, 64, dtype=torch.bool, device=device).tril()
+assert torch.equal(mask, ~book_mask), "claim: the SDPA mask is the book's, negated"
 explicit = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 implicit = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-print("same output:", torch.allclose(explicit, implicit, atol=1e-4))
+with_book_mask = F.scaled_dot_product_attention(q, k, v, attn_mask=book_mask)
+difference = (explicit - implicit).abs().max().item()
+print(f"explicit tril mask vs is_causal=True: largest difference {difference:.1e}")
+print(
+    "book's mask passed unchanged gives the same output:",
+    torch.allclose(with_book_mask, implicit, rtol=1e-4, atol=1e-4),
+)
+assert torch.allclose(explicit, implicit, rtol=1e-4, atol=1e-4), (
+    "claim: is_causal=True gives the same result as an explicit tril mask"
+)
+assert not torch.allclose(with_book_mask, implicit, rtol=1e-4, atol=1e-4), (
+    "claim: the book's mask, passed unchanged, computes something else"
+)
+# sphinx_gallery_start_ignore
+first_key_only = torch.zeros(64, 64, dtype=torch.bool, device=device)
+first_key_only[:, 0] = True
+attends_first = F.scaled_dot_product_attention(q, k, v, attn_mask=first_key_only)
+assert torch.allclose(attends_first, v[:, :, :1].expand_as(attends_first)), (
+    "claim: True in SDPA's boolean attn_mask means 'may attend'"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Against a typical GPU
@@ -163,7 +287,11 @@ print("same output:", torch.allclose(explicit, implicit, atol=1e-4))
 # length where one float32 mask, for one layer, no longer fits in it.
 
 gib = 2**30
-fits_until = int((24 * gib / 4) ** 0.5)  # largest T with 4 * T**2 <= 24 GiB
+fits_until = int((24 * gib / float32_bytes) ** 0.5)  # largest T with 4 T² <= 24 GiB
+# sphinx_gallery_start_ignore
+assert mask_bytes(fits_until, torch.float32) <= 24 * gib, "claim: it fits up to T"
+assert mask_bytes(fits_until + 1, torch.float32) > 24 * gib, "claim: not beyond T"
+# sphinx_gallery_end_ignore
 xs = torch.logspace(10, 17, 200, base=2)
 
 fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -194,7 +322,11 @@ print(f"a float32 mask fits in 24 GiB up to T = {fits_until:,} tokens")
 # ----------------
 # - ``.half()`` / ``.to(dtype)`` cast floating-point parameters and buffers;
 #   bool and integer buffers keep their dtype.
-# - Casting a rotary table to bfloat16 costs precision that the measured errors
-#   above quantify; build such tables in float32 and keep them so, or recompute.
+# - Casting a finished rotary table with the model costs about what the new
+#   dtype costs anyway; *computing* one in bfloat16 ruins it. Build tables in
+#   float32 from the configuration, and rebuild them after a cast if they must
+#   stay float32.
+# - A boolean ``attn_mask`` for ``scaled_dot_product_attention`` is True where
+#   attention is allowed: the negation of the book's ``masked_fill_`` mask.
 # - A T x T mask grows with T²; a bool mask is four times smaller than float32,
 #   and ``scaled_dot_product_attention(is_causal=True)`` needs none.

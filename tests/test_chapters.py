@@ -25,19 +25,28 @@ def test_mask_left_behind(run_chapter):
         "forward_failed",
         "sorted({p.device.type for p in meta_copy.parameters()})",
         "meta_copy.mask.device.type",
-        "torch.allclose(context_vecs.cpu(), cpu_context_vecs)",
+        "torch.equal(context_vecs.cpu(), cpu_context_vecs)",
+        "BOOK_CONTEXT_VECS.tolist()",
+        "cpu_context_vecs[0].tolist()",
+        "str(weights_on) == str(mask_on)",
     )
-    first_row, halves_equal, failed, meta_param_devices, meta_mask, fixed = run.facts
+    (first_row, halves_equal, failed, meta_param_devices, meta_mask, fixed,
+     book_rows, rows, same_device) = run.facts  # fmt: skip
     assert first_row == pytest.approx(BOOK_FIRST_ROW, abs=5e-5)
+    assert book_rows[0] == pytest.approx(BOOK_FIRST_ROW)  # the chapter checks the book
+    for row, book_row in zip(rows, book_rows, strict=True):
+        assert row == pytest.approx(book_row, abs=5e-5)
     assert halves_equal
-    # On the CPU nothing fails, and the page says so instead of faking an error.
+    # On the CPU nothing fails, and the page says why from the devices it compared.
     assert failed is False
-    assert "nothing failed here" in run.stdout
+    assert same_device
+    assert "share a device, and masked_fill_ accepted them" in run.stdout
     # The cause is still shown: .to("meta") moves the weights but not the mask.
     assert meta_param_devices == ["meta"]
     assert meta_mask == "cpu"
     assert "masked_fill_(mask, value)" in run.stdout
-    assert fixed
+    assert fixed  # on the CPU the fixed module's result is identical bit for bit
+    assert "identical bit for bit: True" in run.stdout
     assert "torch 2." in run.stdout
     assert "device: cpu" in run.stdout
 
@@ -54,9 +63,13 @@ def test_register_buffer(run_chapter):
         "buffered_out[0, 0].tolist()",
         "ca_with_buffer.mask.device == ca_with_buffer.W_query.weight.device",
         "ca_with_buffer.mask.requires_grad",
+        "scaled.scale.grad.tolist()",
+        "list(scaled.parameters())",
+        "close_to_cpu",
     )
     (buffers, parameters, unbuffered_buffers, same_weights, equal, first_row,
-     mask_follows, mask_grad) = run.facts  # fmt: skip
+     mask_follows, mask_grad, buffer_grad, scaled_parameters,
+     close_to_cpu) = run.facts  # fmt: skip
     assert buffers == ["mask"]
     assert parameters == ["W_query.weight", "W_key.weight", "W_value.weight"]
     assert unbuffered_buffers == []
@@ -65,6 +78,11 @@ def test_register_buffer(run_chapter):
     assert first_row == pytest.approx(BOOK_FIRST_ROW, abs=5e-5)
     assert mask_follows
     assert mask_grad is False
+    # No gradient is the default, not a rule: a buffer that requires grad gets one,
+    # and the optimizer still never sees it.
+    assert buffer_grad == [3.0, 3.0]
+    assert scaled_parameters == []
+    assert close_to_cpu
 
 
 def test_state_dict(run_chapter):
@@ -75,8 +93,14 @@ def test_state_dict(run_chapter):
         "(loaded_without.mask == 2.0).sum().item()",
         "(loaded_without.mask == 1.0).sum().item()",
         "checkpoint_dir.exists()",
+        "with_keys",
+        "tuple(without_result)",
     )
-    only_buffered, twos_with, twos_without, ones_without, checkpoints_left = run.facts
+    (only_buffered, twos_with, twos_without, ones_without, checkpoints_left,
+     with_keys, without_result) = run.facts  # fmt: skip
+    # Each module's own entries come before its submodules': the buffer first.
+    assert with_keys == ["mask", "W_query.weight", "W_key.weight", "W_value.weight"]
+    assert without_result == [[], []]  # the plain attribute is lost silently
     assert only_buffered == ["mask"]
     assert twos_with == 15  # the 6x6 upper triangle, all changed to 2 and restored
     assert twos_without == 0  # the change to a plain attribute was not saved
@@ -131,8 +155,16 @@ def test_non_persistent_buffers(run_chapter):
         "tuple(long_np.mask.shape)",
         "weights_loaded",
         "[n for n, _ in slot.named_buffers()]",
+        "strict_false_error",
+        "skipped_unexpected.unexpected_keys",
+        "skipped_missing.missing_keys",
     )
-    keys, buffers, size_ratio, long_mask, weights_loaded, slot_buffers = run.facts
+    (keys, buffers, size_ratio, long_mask, weights_loaded, slot_buffers,
+     strict_false_error, skipped_unexpected, skipped_missing) = run.facts  # fmt: skip
+    # strict=False forgives missing and unexpected keys, never a shape mismatch.
+    assert "size mismatch for mask" in strict_false_error
+    assert skipped_unexpected == ["mask"]
+    assert skipped_missing == ["mask"]
     assert keys == ["qkv.weight"]
     assert buffers == ["angles", "mask"]
     assert size_ratio > 100  # the masks dwarf the weights
@@ -157,8 +189,24 @@ def test_dtypes_and_memory(run_chapter):
         "fits_until",
         "torch.allclose(explicit, implicit, atol=1e-4)",
         "len(plt.get_fignums())",
+        "torch.equal(mask, ~book_mask)",
+        "torch.allclose(with_book_mask, implicit, rtol=1e-4, atol=1e-4)",
+        "str(kept.rope.dtype)",
+        "'rope' in kept.state_dict()",
+        "{str(d): costs for d, costs in table_costs.items()}",
     )
-    half, bf16, errors, distinct, fits_until, same, figures = run.facts
+    (half, bf16, errors, distinct, fits_until, same, figures, negated,
+     book_mask_works, kept_dtype, kept_saved, table_costs) = run.facts  # fmt: skip
+    # SDPA's boolean mask is True = attend: the book's True = hide, negated.
+    assert negated
+    assert not book_mask_works
+    # A table rebuilt after the cast stays float32, registered, non-persistent.
+    assert kept_dtype == "torch.float32"
+    assert not kept_saved
+    # Casting a finished table costs about what the dtype costs the result anyway.
+    for dtype in ("torch.float16", "torch.bfloat16"):
+        cast_table, rounded_result = table_costs[dtype]
+        assert cast_table <= 2 * rounded_result
     assert half["bool_mask"] == "bool"
     assert half["position_ids"] == "int64"
     assert half["rope"] == half["float_mask"] == half["proj.weight"] == "float16"
