@@ -88,16 +88,12 @@ print("snapshots averaged: swa", swa.n_averaged.item(), "ema", ema.n_averaged.it
 # averaged like the parameters.
 
 live_mean = model[1].running_mean
-print("swa (use_buffers=False) holds the live model's running_mean:",
-      torch.equal(swa.module[1].running_mean, live_mean))  # fmt: skip
-print("swa_buffers (use_buffers=True) holds it:",
-      torch.equal(swa_buffers.module[1].running_mean, live_mean))  # fmt: skip
-assert torch.equal(swa.module[1].running_mean, live_mean), (
-    "claim: use_buffers=False copies the live model's buffers"
-)
-assert not torch.equal(swa_buffers.module[1].running_mean, live_mean), (
-    "claim: use_buffers=True averages the buffers instead"
-)
+copied = torch.equal(swa.module[1].running_mean, live_mean)
+copied_too = torch.equal(swa_buffers.module[1].running_mean, live_mean)
+print("swa (use_buffers=False) holds the live model's running_mean:", copied)
+print("swa_buffers (use_buffers=True) holds it:", copied_too)
+assert copied, "claim: use_buffers=False copies the live model's buffers"
+assert not copied_too, "claim: use_buffers=True averages the buffers instead"
 
 # %%
 # Either way, are they right? A BatchNorm layer in ``eval()`` normalises with
@@ -197,7 +193,9 @@ except RuntimeError as error:
     print(f"{type(error).__name__}:")
     for line in str(error).splitlines():
         print(textwrap.shorten(line.strip(), width=88, placeholder=" ..."))
-assert load_error is not None, "claim: a wrapper's state_dict does not load into a model"
+assert load_error is not None, (
+    "claim: a wrapper's state_dict does not load into a model"
+)
 deployable = make_model()
 deployable.load_state_dict(ema.module.state_dict())
 print("ema.module.state_dict() loads into a plain model: yes")
@@ -253,7 +251,7 @@ torch_ema = AveragedModel(
 scaled.output_scale = linear_targets.std().reshape(1)  # set once the data is known
 linear_batches = list(zip(inputs.split(64), linear_targets.split(64), strict=True))
 optimizer = torch.optim.SGD(scaled.parameters(), lr=0.01)
-for epoch in range(EPOCHS):
+for _ in range(EPOCHS):
     for x, y in linear_batches:
         optimizer.zero_grad()
         nn.functional.mse_loss(scaled(x), y).backward()
@@ -309,10 +307,12 @@ class RangeScaledFixed(RangeScaled):
 
 torch.manual_seed(123)
 fixed = RangeScaledFixed().to(device)
-fixed_ema = AveragedModel(fixed, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+fixed_ema = AveragedModel(
+    fixed, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True
+)
 fixed.output_scale.copy_(linear_targets.std())  # a buffer: set in place
 optimizer = torch.optim.SGD(fixed.parameters(), lr=0.01)
-for epoch in range(EPOCHS):
+for _ in range(EPOCHS):
     for x, y in linear_batches:
         optimizer.zero_grad()
         nn.functional.mse_loss(fixed(x), y).backward()

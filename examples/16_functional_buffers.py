@@ -45,7 +45,9 @@ parameters = dict(norm.named_parameters())
 buffers = {name: b.clone() for name, b in norm.named_buffers()}
 
 functional_call(norm, (parameters, buffers), (batch,))
-print("passed-in running_mean:", [round(v, 4) for v in buffers["running_mean"].tolist()])
+print(
+    "passed-in running_mean:", [round(v, 4) for v in buffers["running_mean"].tolist()]
+)
 print("module's running_mean: ", norm.running_mean.tolist())
 print(
     "num_batches_tracked, passed-in vs module's:",
@@ -76,7 +78,10 @@ fresh = nn.BatchNorm1d(3).to(device)
 typo = {"runing_mean": torch.zeros(3, device=device)}  # one "n" short
 functional_call(fresh, typo, (batch,))
 print("typo'd tensor after the call:  ", typo["runing_mean"].tolist())
-print("module's running_mean after it:", [round(v, 4) for v in fresh.running_mean.tolist()])
+print(
+    "module's running_mean after it:",
+    [round(v, 4) for v in fresh.running_mean.tolist()],
+)
 assert not typo["runing_mean"].any(), "claim: an unknown key is silently ignored"
 assert fresh.running_mean.any(), "claim: the module's own buffer was updated instead"
 
