@@ -170,6 +170,19 @@ assert all(gap < 1e-4 for gap, _, _ in after.values()), (
     "weights' activations"
 )
 
+# sphinx_gallery_start_ignore
+with torch.no_grad():
+    swa_features = swa.module[0](inputs)
+per_batch_variances = torch.stack([f.var(0) for f in swa_features.split(64)])
+assert torch.allclose(
+    swa.module[1].running_var, per_batch_variances.mean(0), rtol=1e-4, atol=1e-6
+), "claim: update_bn's running_var is the average of the per-batch variances"
+assert all(ratio > 1.0001 for _, ratio, _ in after.values()), (
+    "claim: the running variance is close but not exact"
+)
+assert "use_buffers=True" in AveragedModel.__doc__, "claim: torch's docs show this EMA"
+# sphinx_gallery_end_ignore
+
 # %%
 # Now every running mean is the true mean of the input its layer sees, to float
 # precision. The running variance is close but not exact: ``update_bn`` averages

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -114,10 +116,12 @@ def seen_in_forward(model):
 
 def rank_report(rank):
     report = {"rank": rank}
+    # An explicit CPU mesh: these workers are CPU processes, whatever the machine.
+    cpu = init_device_mesh("cpu", (dist.get_world_size(),))
     torch.manual_seed(0)
     model = Net()
-    fully_shard(model.inp)
-    fully_shard(model)
+    fully_shard(model.inp, mesh=cpu)
+    fully_shard(model, mesh=cpu)
     report["class"] = type(model).__name__
     report["parameters"] = {n: describe(p) for n, p in model.named_parameters()}
     report["buffers"] = {n: describe(b) for n, b in model.named_buffers()}
@@ -155,21 +159,33 @@ def rank_report(rank):
     )
     torch.manual_seed(0)
     naive = Net()
-    fully_shard(naive.inp, mp_policy=bfloat16)
-    fully_shard(naive, mp_policy=bfloat16)
+    batchnorm_got = {}
+
+    def record_batchnorm_inputs(module, args):
+        batchnorm_got["input"] = str(args[0].dtype).removeprefix("torch.")
+        batchnorm_got["weight"] = str(module.weight.dtype).removeprefix("torch.")
+        batchnorm_got["running_mean"] = str(module.running_mean.dtype).removeprefix(
+            "torch."
+        )
+
+    naive.norm.register_forward_pre_hook(record_batchnorm_inputs)
+    fully_shard(naive.inp, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(naive, mesh=cpu, mp_policy=bfloat16)
     try:
         naive(torch.randn(8, 4))
         report["bfloat16 error"] = None
     except RuntimeError as error:
         report["bfloat16 error"] = f"{type(error).__name__}: {error}"
+    report["batchnorm got"] = batchnorm_got
 
     torch.manual_seed(0)
     mixed = Net()
     seen = seen_in_forward(mixed)
-    fully_shard(mixed.inp, mp_policy=bfloat16)
-    fully_shard(mixed.norm, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32))
-    fully_shard(mixed.out, mp_policy=bfloat16)
-    fully_shard(mixed, mp_policy=bfloat16)
+    float32 = MixedPrecisionPolicy(param_dtype=torch.float32)
+    fully_shard(mixed.inp, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(mixed.norm, mesh=cpu, mp_policy=float32)  # BatchNorm in float32
+    fully_shard(mixed.out, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(mixed, mesh=cpu, mp_policy=bfloat16)
     output = mixed(torch.randn(8, 4))
     output.sum().backward()
     report["forward dtypes"] = seen
@@ -239,10 +255,11 @@ def run_on_two_processes(world_size=2, timeout=120):
     for _, sending_end in pipes:
         sending_end.close()  # the parent only receives
     reports, failures = [], []
+    deadline = time.monotonic() + timeout
     try:
         for rank, (receiving_end, _) in enumerate(pipes):
             try:
-                if not receiving_end.poll(timeout):
+                if not receiving_end.poll(max(0.0, deadline - time.monotonic())):
                     raise EOFError
                 kind, payload = receiving_end.recv()
             except EOFError:
@@ -414,8 +431,15 @@ assert rank0["averaged running_mean"] == rank1["averaged running_mean"], (
 # whole model, it casts BatchNorm's weight and bias but not its running
 # statistics, and the layer refuses the mix:
 
+print(
+    "BatchNorm got:", ", ".join(f"{k} {v}" for k, v in rank0["batchnorm got"].items())
+)
 print(rank0["bfloat16 error"])
 assert rank0["bfloat16 error"] is not None, "claim: BatchNorm fails with bf16 params"
+# sphinx_gallery_start_ignore
+assert rank0["batchnorm got"]["weight"] == "bfloat16", "claim: BN's weight is cast"
+assert rank0["batchnorm got"]["running_mean"] == "float32", "claim: its stats are not"
+# sphinx_gallery_end_ignore
 
 # %%
 # The usual fix keeps normalisation layers in float32: give BatchNorm its own
