@@ -92,6 +92,10 @@ except RuntimeError as error:
     strict_error = error
     print(f"strict=True: {type(error).__name__}: {error}")
 assert strict_error is not None, "claim: strict=True rejects unknown and missing keys"
+# sphinx_gallery_start_ignore
+assert "Unexpected" in str(strict_error), "claim: strict=True names the unknown key"
+assert "Missing" in str(strict_error), "claim: strict=True names the missing keys"
+# sphinx_gallery_end_ignore
 
 # %%
 # No error, no warning: the call ran on the module's own buffer and changed it.
@@ -125,6 +129,12 @@ def fresh_state(module):
 
 
 counter = StepCounter().to(device)
+# sphinx_gallery_start_ignore
+ordinary = StepCounter().to(device)
+ordinary(torch.ones(3, device=device))
+assert ordinary.steps.item() == 1, "claim: in an ordinary call the reassignment works"
+assert "steps" in dict(ordinary.named_buffers()), "claim: and it stays a buffer"
+# sphinx_gallery_end_ignore
 ones = torch.ones(3, device=device)
 
 as_tuple = fresh_state(counter)
