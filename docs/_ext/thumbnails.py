@@ -25,6 +25,9 @@ THUMBNAILS = {
     "07_batchnorm_and_optimizer": ("running_mean", "#edc948"),
     "08_llm_caches": ("k_cache, v_cache", "#ff9da7"),
     "09_ddp_buffers": ("broadcast_buffers", "#9c755f"),
+    "14_averaged_models": ("update_bn()", "#86bcb6"),
+    "15_fsdp2_buffers": ("fully_shard", "#d37295"),
+    "16_functional_buffers": ("functional_call", "#a0cbe8"),
 }
 
 

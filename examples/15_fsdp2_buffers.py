@@ -1,0 +1,501 @@
+r"""
+Sharded training: FSDP2 and buffers
+===================================
+
+Fully sharded data parallel training splits each parameter across the
+processes (the *ranks*) instead of copying it to all of them: each rank stores
+one slice, gathers the whole parameter just before a layer runs, and frees it
+again after. PyTorch's current API for it is ``fully_shard`` (FSDP2). What does
+it do with buffers? This chapter runs it for real on two CPU processes that talk
+over the loopback network interface with the ``gloo`` backend (PyTorch's CPU
+communication library), and asks each rank what it holds: parameters, buffers,
+the ``state_dict()``, and what a mixed-precision policy casts.
+"""
+
+# %%
+# Where this page ran
+# -------------------
+# Two processes on the CPU, whatever the device of the rest of the build, as in
+# the chapter on DDP: FSDP2's handling of buffers is the same on every device,
+# and ``gloo`` shows it on any machine.
+
+import inspect
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+# sphinx_gallery_thumbnail_path = "_thumbnails/15_fsdp2_buffers.png"
+
+print(f"torch {torch.__version__}, device: cpu (2 processes, gloo backend)")
+print("torch.distributed available:", dist.is_available())
+
+# %%
+# The model
+# ---------
+# A ``Linear``, a ``BatchNorm1d`` (two buffers of statistics and a counter) and
+# a second ``Linear``, plus a non-persistent buffer of our own that scales the
+# output.
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.norm = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 2)
+        self.register_buffer("output_scale", torch.full((2,), 0.5), persistent=False)
+
+    def forward(self, x):
+        return self.out(self.norm(self.inp(x))) * self.output_scale
+
+
+# %%
+# What each rank does
+# -------------------
+# Each rank builds the model from the same seed, calls ``fully_shard`` on the
+# first ``Linear`` and then on the whole model (the usual pattern: inner blocks
+# first, the root last), and reports what it holds. Then it trains five steps on
+# its own data (each rank draws batches around a different mean), and reports
+# again. Last, it tries a ``MixedPrecisionPolicy`` that computes in bfloat16.
+# Everything a rank reports is sent to this process over a pipe.
+
+STEPS = 5
+
+
+def describe(tensor):
+    """Type, global shape, this rank's shape and dtype of a tensor."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    placements = (
+        [repr(p) for p in tensor.placements] if isinstance(tensor, DTensor) else []
+    )
+    return {
+        "type": type(tensor).__name__,
+        "shape": list(tensor.shape),
+        "local_shape": list(local.shape),
+        "placements": placements,
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+    }
+
+
+def seen_in_forward(model):
+    """Record the dtypes each submodule computes with during the next forward."""
+    seen = {}
+
+    def record(name):
+        def hook(module, args, output):
+            seen[name] = {
+                "input": str(args[0].dtype).removeprefix("torch."),
+                "weight": str(module.weight.dtype).removeprefix("torch."),
+                "output": str(output.dtype).removeprefix("torch."),
+            }
+            if isinstance(module, nn.BatchNorm1d):
+                seen[name]["running_mean"] = str(
+                    module.running_mean.dtype
+                ).removeprefix("torch.")
+
+        return hook
+
+    for name in ("inp", "norm", "out"):
+        getattr(model, name).register_forward_hook(record(name))
+    return seen
+
+
+def rank_report(rank):
+    report = {"rank": rank}
+    # An explicit CPU mesh: these workers are CPU processes, whatever the machine.
+    cpu = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    model = Net()
+    fully_shard(model.inp, mesh=cpu)
+    fully_shard(model, mesh=cpu)
+    report["class"] = type(model).__name__
+    report["parameters"] = {n: describe(p) for n, p in model.named_parameters()}
+    report["buffers"] = {n: describe(b) for n, b in model.named_buffers()}
+    report["inp.weight shard"] = model.inp.weight.to_local().tolist()
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.Generator().manual_seed(100 + rank)
+    for _ in range(STEPS):
+        batch = torch.randn(16, 4, generator=data) + 2.0 * rank  # ranks differ
+        optimizer.zero_grad()
+        model(batch).pow(2).mean().backward()
+        optimizer.step()
+    report["gradient type"] = type(model.inp.weight.grad).__name__
+    report["inp.weight full"] = model.inp.weight.full_tensor().tolist()
+    report["running_mean"] = model.norm.running_mean.tolist()
+
+    state = model.state_dict()
+    report["state_dict"] = {k: describe(v) for k, v in state.items()}
+    full = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    report["full state_dict"] = {k: describe(v) for k, v in full.items()}
+    report["full running_mean"] = (
+        full["norm.running_mean"].tolist() if "norm.running_mean" in full else None
+    )
+
+    # The fix for drifting statistics: average them over the ranks before saving.
+    for buffer in (model.norm.running_mean, model.norm.running_var):
+        dist.all_reduce(buffer)  # in place: the sum over the ranks
+        buffer.div_(dist.get_world_size())
+    report["averaged running_mean"] = model.norm.running_mean.tolist()
+
+    bfloat16 = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+    )
+    torch.manual_seed(0)
+    naive = Net()
+    batchnorm_got = {}
+
+    def record_batchnorm_inputs(module, args):
+        batchnorm_got["input"] = str(args[0].dtype).removeprefix("torch.")
+        batchnorm_got["weight"] = str(module.weight.dtype).removeprefix("torch.")
+        batchnorm_got["running_mean"] = str(module.running_mean.dtype).removeprefix(
+            "torch."
+        )
+
+    naive.norm.register_forward_pre_hook(record_batchnorm_inputs)
+    fully_shard(naive.inp, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(naive, mesh=cpu, mp_policy=bfloat16)
+    try:
+        naive(torch.randn(8, 4))
+        report["bfloat16 error"] = None
+    except RuntimeError as error:
+        report["bfloat16 error"] = f"{type(error).__name__}: {error}"
+    report["batchnorm got"] = batchnorm_got
+
+    torch.manual_seed(0)
+    mixed = Net()
+    seen = seen_in_forward(mixed)
+    float32 = MixedPrecisionPolicy(param_dtype=torch.float32)
+    fully_shard(mixed.inp, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(mixed.norm, mesh=cpu, mp_policy=float32)  # BatchNorm in float32
+    fully_shard(mixed.out, mesh=cpu, mp_policy=bfloat16)
+    fully_shard(mixed, mesh=cpu, mp_policy=bfloat16)
+    output = mixed(torch.randn(8, 4))
+    output.sum().backward()
+    report["forward dtypes"] = seen
+    report["output dtype"] = str(output.dtype).removeprefix("torch.")
+    report["after"] = {
+        "inp.weight (stored shard)": describe(mixed.inp.weight)["dtype"],
+        "inp.weight.grad": describe(mixed.inp.weight.grad)["dtype"],
+        "norm.running_mean": describe(mixed.norm.running_mean)["dtype"],
+        "output_scale": describe(mixed.output_scale)["dtype"],
+    }
+    return report
+
+
+# %%
+# Two processes, bounded, and a clean exit
+# ----------------------------------------
+# The workers are forked from this process (so the chapter runs on Linux and
+# macOS, not on Windows). Each sends its report over a pipe, whose ``send()``
+# returns once the bytes are written, then leaves the process group and exits
+# at once. The parent waits a bounded time for each rank and, if one stays
+# silent, says which and why, instead of hanging the build.
+
+
+def worker(rank, world_size, port, connection):
+    # A forked child cannot use the parent's OpenMP thread pool: one thread each.
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        connection.send(("report", rank_report(rank)))
+    except Exception as error:  # noqa: BLE001 (the parent reports any failure)
+        connection.send(("error", f"{type(error).__name__}: {error}"))
+    finally:
+        dist.destroy_process_group()
+        connection.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: gloo's destructors can deadlock at exit.
+        os._exit(0)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def why_silent(process):
+    if process.exitcode is None:
+        return "it is still running (stuck, most likely waiting for the other rank)"
+    if process.exitcode < 0:
+        return f"it was killed by {signal.Signals(-process.exitcode).name}"
+    return f"it exited with code {process.exitcode} before sending anything"
+
+
+def run_on_two_processes(world_size=2, timeout=120):
+    context = multiprocessing.get_context("fork")  # workers defined in this script
+    port = free_port()
+    pipes = [context.Pipe(duplex=False) for _ in range(world_size)]
+    processes = [
+        context.Process(target=worker, args=(rank, world_size, port, pipes[rank][1]))
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    for _, sending_end in pipes:
+        sending_end.close()  # the parent only receives
+    reports, failures = [], []
+    deadline = time.monotonic() + timeout
+    try:
+        for rank, (receiving_end, _) in enumerate(pipes):
+            try:
+                if not receiving_end.poll(max(0.0, deadline - time.monotonic())):
+                    raise EOFError
+                kind, payload = receiving_end.recv()
+            except EOFError:
+                processes[rank].join(timeout=1)
+                failures.append(
+                    f"rank {rank} sent nothing: {why_silent(processes[rank])}"
+                )
+                continue
+            if kind == "error":
+                failures.append(f"rank {rank} failed: {payload}")
+            else:
+                reports.append(payload)
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return reports
+
+
+reports = run_on_two_processes()
+rank0, rank1 = reports
+
+# %%
+# Parameters become sharded DTensors
+# ----------------------------------
+# ``fully_shard`` changed the model's class (it is now a subclass named
+# ``FSDPNet``) and replaced every parameter by a ``DTensor``: a tensor that knows
+# its global shape and how it is laid out across the ranks. ``Shard(dim=0)``
+# means each rank stores a slice of the rows.
+
+print("class after fully_shard:", rank0["class"])
+for name, info in rank0["parameters"].items():
+    print(
+        f"  {name:12} {info['type']:8} global {info['shape']!s:7} "
+        f"this rank {info['local_shape']!s:7} {info['placements']}"
+    )
+print("rank 0's slice of inp.weight:", [[round(v, 3) for v in row] for row in
+                                        rank0["inp.weight shard"]])  # fmt: skip
+print("rank 1's slice of inp.weight:", [[round(v, 3) for v in row] for row in
+                                        rank1["inp.weight shard"]])  # fmt: skip
+assert all(i["type"] == "DTensor" for i in rank0["parameters"].values()), (
+    "claim: every parameter becomes a DTensor"
+)
+# sphinx_gallery_start_ignore
+assert rank0["class"] == "FSDPNet", "claim: fully_shard changes the class to FSDPNet"
+weight = rank0["parameters"]["inp.weight"]
+assert weight["shape"] == [6, 4], "claim: a DTensor keeps its global shape"
+assert weight["local_shape"] == [3, 4], "claim: each rank stores half the rows"
+assert weight["placements"] == ["Shard(dim=0)"], "claim: sharded along dim 0"
+assert rank0["inp.weight shard"] != rank1["inp.weight shard"], (
+    "claim: the ranks hold different slices"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Buffers stay whole
+# ------------------
+
+for name, info in rank0["buffers"].items():
+    print(f"  {name:24} {info['type']:8} shape {info['shape']!s:5} {info['dtype']}")
+assert all(i["type"] == "Tensor" for i in rank0["buffers"].values()), (
+    "claim: buffers stay plain tensors, not DTensors"
+)
+# sphinx_gallery_start_ignore
+assert all(i["shape"] == i["local_shape"] for i in rank0["buffers"].values()), (
+    "claim: each rank holds every buffer whole"
+)
+assert "output_scale" in rank0["buffers"], "claim: non-persistent buffers stay too"
+# sphinx_gallery_end_ignore
+
+# %%
+# Every rank holds a full copy of every buffer, the non-persistent
+# ``output_scale`` included, as plain ``torch.Tensor`` objects: not sharded, and
+# not even a ``DTensor`` with a "replicated" layout. FSDP2 never communicates
+# them. Buffers are usually small, so keeping them whole costs little; what it
+# means for BatchNorm shows after training.
+#
+# After training: parameters agree, buffers drift
+# -----------------------------------------------
+
+same_weights = rank0["inp.weight full"] == rank1["inp.weight full"]
+print("gradients are", rank0["gradient type"] + "s")
+print("inp.weight (gathered with full_tensor()) identical on both ranks:", same_weights)
+for report in reports:
+    print(f"rank {report['rank']} running_mean:",
+          [round(v, 4) for v in report["running_mean"]])  # fmt: skip
+drifted = rank0["running_mean"] != rank1["running_mean"]
+print("running_mean identical on both ranks:", not drifted)
+assert same_weights, "claim: gradients are reduced, so parameters agree"
+assert drifted, "claim: FSDP2 does not synchronise buffers"
+# sphinx_gallery_start_ignore
+assert not [a for a in inspect.signature(fully_shard).parameters if "buffer" in a], (
+    "claim: fully_shard has no option about buffers"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Gradients are reduced across the ranks, so the parameters agree; each rank's
+# BatchNorm statistics followed its own batches, and nothing brought them back
+# together. This is DDP with ``broadcast_buffers=False``, without the choice:
+# ``fully_shard`` has no option to broadcast buffers.
+#
+# What ``state_dict()`` holds
+# ---------------------------
+
+for name, info in rank0["state_dict"].items():
+    print(f"  {name:24} {info['type']:8} global {info['shape']!s:7} "
+          f"this rank {info['local_shape']}")  # fmt: skip
+assert "output_scale" not in rank0["state_dict"], "claim: non-persistent is not saved"
+# sphinx_gallery_start_ignore
+kinds = {k: i["type"] for k, i in rank0["state_dict"].items()}
+assert all(kinds[k] == "DTensor" for k in rank0["parameters"]), (
+    "claim: state_dict() holds parameters as DTensors"
+)
+assert all(kinds[k] == "Tensor" for k in rank0["buffers"] if k != "output_scale"), (
+    "claim: state_dict() holds buffers as plain tensors"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Each rank's ``state_dict()`` holds its parameter shards as ``DTensor`` and its
+# own copy of every persistent buffer; the non-persistent ``output_scale`` is
+# left out, as always. ``torch.save`` of it on every rank writes the same
+# parameters in pieces and *different* BatchNorm statistics. For one ordinary
+# checkpoint, ``get_model_state_dict`` with ``full_state_dict=True`` gathers the
+# parameters into plain tensors on rank 0 (other ranks get an empty dict, with
+# ``cpu_offload=True``), and the buffers it writes are rank 0's:
+
+print("keys on rank 0:", len(rank0["full state_dict"]), " on rank 1:",
+      len(rank1["full state_dict"]))  # fmt: skip
+print(
+    "types on rank 0:", sorted({i["type"] for i in rank0["full state_dict"].values()})
+)
+print(
+    "its running_mean is rank 0's:", rank0["full running_mean"] == rank0["running_mean"]
+)
+# sphinx_gallery_start_ignore
+assert rank1["full state_dict"] == {}, "claim: other ranks get an empty dict"
+assert {i["type"] for i in rank0["full state_dict"].values()} == {"Tensor"}, (
+    "claim: the full state dict holds plain tensors"
+)
+assert rank0["full running_mean"] == rank0["running_mean"], (
+    "claim: the full state dict's buffers are rank 0's"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# So rank 1's statistics are simply dropped. If every rank's data should count,
+# average the statistics over the ranks yourself before saving (an
+# ``all_reduce`` of each running statistic, divided by the number of ranks, as
+# each rank did above):
+
+for report in reports:
+    print(f"rank {report['rank']} averaged running_mean:",
+          [round(v, 4) for v in report["averaged running_mean"]])  # fmt: skip
+assert rank0["averaged running_mean"] == rank1["averaged running_mean"], (
+    "claim: after an all_reduce the ranks agree"
+)
+
+# %%
+# Mixed precision: parameters are cast, buffers are not
+# -----------------------------------------------------
+# ``MixedPrecisionPolicy(param_dtype=torch.bfloat16)`` makes FSDP2 gather each
+# parameter in bfloat16 for the forward and backward passes. Applied to the
+# whole model, it casts BatchNorm's weight and bias but not its running
+# statistics, and the layer refuses the mix:
+
+print(
+    "BatchNorm got:", ", ".join(f"{k} {v}" for k, v in rank0["batchnorm got"].items())
+)
+print(rank0["bfloat16 error"])
+assert rank0["bfloat16 error"] is not None, "claim: BatchNorm fails with bf16 params"
+# sphinx_gallery_start_ignore
+assert rank0["batchnorm got"]["weight"] == "bfloat16", "claim: BN's weight is cast"
+assert rank0["batchnorm got"]["running_mean"] == "float32", "claim: its stats are not"
+# sphinx_gallery_end_ignore
+
+# %%
+# The usual fix keeps normalisation layers in float32: give BatchNorm its own
+# ``fully_shard`` with a float32 policy. Its inputs are then cast to float32 on
+# the way in (``cast_forward_inputs=True``, the default), and the next layer,
+# sharded with the bfloat16 policy, casts them back. Here is what each layer saw:
+
+for name, dtypes in rank0["forward dtypes"].items():
+    print(f"  {name:5}", ", ".join(f"{k} {v}" for k, v in dtypes.items()))
+print("model output:", rank0["output dtype"])
+for name, dtype in rank0["after"].items():
+    print(f"  {name:26} {dtype}")
+forward = rank0["forward dtypes"]
+assert forward["inp"]["weight"] == "bfloat16", "claim: parameters are cast to bf16"
+assert forward["norm"]["running_mean"] == "float32", "claim: buffers are not cast"
+assert rank0["output dtype"] == "float32", "claim: a float32 buffer promotes the output"
+# sphinx_gallery_start_ignore
+assert forward["norm"]["input"] == forward["norm"]["weight"] == "float32", (
+    "claim: the float32 group casts its input to float32"
+)
+assert forward["out"]["input"] == "bfloat16", "claim: the next bf16 group casts back"
+assert MixedPrecisionPolicy().cast_forward_inputs, (
+    "claim: cast_forward_inputs defaults on"
+)
+assert rank0["after"]["inp.weight (stored shard)"] == "float32", (
+    "claim: the stored shards stay float32"
+)
+assert rank0["after"]["inp.weight.grad"] == "float32", "claim: gradients are float32"
+assert rank0["after"]["output_scale"] == "float32", "claim: buffers stay float32"
+# sphinx_gallery_end_ignore
+
+# %%
+# What the policy casts: the parameters a sharded module computes with, and the
+# inputs of each ``fully_shard`` module's ``forward``. What it does not: buffers
+# (the running statistics and our ``output_scale`` stay float32, and multiplying
+# by ``output_scale`` promotes the bfloat16 output to float32), the sharded
+# parameters it stores (float32, which the optimizer updates) and, with
+# ``reduce_dtype=torch.float32``, the gradients. A buffer you do want in
+# bfloat16, cast it yourself.
+#
+# What could not be shown here
+# ----------------------------
+# Nothing had to be left out: with this torch FSDP2 runs on two CPU processes
+# with ``gloo``, and every output above comes from that run. What this page does
+# not show is FSDP2 on GPUs, with NCCL doing the communication: what it does
+# with buffers was checked here, on the CPU, only.
+#
+# What to remember
+# ----------------
+# - ``fully_shard`` turns every parameter into a sharded ``DTensor``; buffers stay
+#   plain tensors, whole on every rank.
+# - FSDP2 never synchronises buffers: BatchNorm statistics drift apart across
+#   ranks. ``all_reduce`` them before saving, or accept rank 0's.
+# - ``state_dict()`` holds ``DTensor`` shards and each rank's own buffers;
+#   ``get_model_state_dict(full_state_dict=True)`` gathers parameters on rank 0
+#   and takes rank 0's buffers.
+# - ``MixedPrecisionPolicy`` casts parameters (and module inputs), never buffers:
+#   keep BatchNorm in float32 with its own ``fully_shard``, and watch float32
+#   buffers promote bfloat16 activations.

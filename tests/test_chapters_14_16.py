@@ -1,0 +1,113 @@
+"""Chapters 14 to 16 run as scripts on the CPU and teach what their prose says."""
+
+from __future__ import annotations
+
+
+def test_averaged_models(run_chapter):
+    run = run_chapter(
+        "14_averaged_models",
+        "copied",
+        "copied_too",
+        "{label: row[0] for label, row in before.items()}",
+        "{label: row[0] for label, row in after.items()}",
+        "list(ema.state_dict())[:2]",
+        "load_error is not None",
+        "hand_ema.input_range.tolist()",
+        "torch.allclose(torch_ema.module.input_range, scaled.input_range, rtol=1e-3)",
+        "[hand_ema.output_scale.item(), torch_ema.module.output_scale.item()]",
+        "torch.equal(fixed_ema.module.output_scale, fixed.output_scale)",
+        "[hand_loss, torch_loss, fixed_loss]",
+    )
+    (copied, averaged, gaps_before, gaps_after, first_keys, load_failed, hand_range,
+     torch_range_tracks, stale_scales, fixed_scale, losses) = run.facts  # fmt: skip
+    # use_buffers=False copies the live model's buffers; True averages them.
+    assert copied
+    assert not averaged
+    # No model's statistics match its weights until update_bn recomputes them.
+    assert min(gaps_before.values()) > 1e-3
+    assert max(gaps_after.values()) < 1e-4
+    # The wrapper's state_dict has its own buffer and the module. prefix.
+    assert first_keys == ["n_averaged", "module.0.weight"]
+    assert load_failed
+    # A state_dict() EMA never touches the non-persistent buffer ...
+    assert hand_range == [1.0, 1.0, 1.0, 1.0]
+    # ... AveragedModel averages it (toward a maximum that stopped growing).
+    assert torch_range_tracks
+    # Nobody carries a plain attribute; a registered buffer is carried.
+    assert stale_scales == [1.0, 1.0]
+    assert fixed_scale
+    hand_loss, torch_loss, fixed_loss = losses
+    assert fixed_loss < min(hand_loss, torch_loss) / 10
+    assert "update_bn lowered the eval loss" in run.stdout
+
+
+def test_fsdp2_buffers(run_chapter):
+    run = run_chapter(
+        "15_fsdp2_buffers",
+        "sorted({i['type'] for i in rank0['parameters'].values()})",
+        "sorted({i['type'] for i in rank0['buffers'].values()})",
+        "rank0['parameters']['inp.weight']['local_shape']",
+        "rank0['inp.weight full'] == rank1['inp.weight full']",
+        "rank0['running_mean'] == rank1['running_mean']",
+        "'output_scale' in rank0['state_dict']",
+        "[len(rank0['full state_dict']), len(rank1['full state_dict'])]",
+        "rank0['averaged running_mean'] == rank1['averaged running_mean']",
+        "rank0['bfloat16 error']",
+        "rank0['forward dtypes']",
+        "rank0['output dtype']",
+    )
+    (parameter_types, buffer_types, local_shape, weights_agree, buffers_agree,
+     non_persistent_saved, full_sizes, averaged_agree, bf16_error, forward,
+     output_dtype) = run.facts  # fmt: skip
+    assert parameter_types == ["DTensor"]
+    assert buffer_types == ["Tensor"]
+    assert local_shape == [3, 4]  # half of the 6 rows on each of 2 ranks
+    assert weights_agree
+    assert not buffers_agree  # FSDP2 never synchronises buffers
+    assert not non_persistent_saved
+    assert full_sizes == [9, 0]  # the full state dict lives on rank 0 only
+    assert averaged_agree
+    assert bf16_error.startswith("RuntimeError: expected scalar type BFloat16")
+    assert forward["inp"]["weight"] == "bfloat16"
+    assert forward["norm"]["weight"] == forward["norm"]["running_mean"] == "float32"
+    assert output_dtype == "float32"  # promoted by the float32 buffer
+
+
+def test_functional_buffers(run_chapter):
+    run = run_chapter(
+        "16_functional_buffers",
+        "buffers['num_batches_tracked'].item()",
+        "norm.num_batches_tracked.item()",
+        "typo['runing_mean'].any().item()",
+        "fresh.running_mean.any().item()",
+        "strict_error is not None",
+        "[as_tuple['steps'].item(), one_dict['steps'].item(),"
+        " merged_source['steps'].item()]",
+        "[as_tuple['total'].item(), one_dict['total'].item(),"
+        " merged_source['total'].item()]",
+        "fixed_state['steps'].item()",
+        "[tied_out.tolist(), untied_out.tolist()]",
+        "type(both_error).__name__",
+        "[n for n, _ in tied.named_buffers(remove_duplicate=False)]",
+        "[n for n, _ in outer.named_buffers(recurse=False)]",
+        "'offset' in tied.state_dict()",
+    )
+    (passed_count, module_count, typo_used, module_updated, strict_raised, steps,
+     totals, fixed_steps, tie_outputs, both_error, all_names, own_names,
+     offset_saved) = run.facts  # fmt: skip
+    # In-place updates land in the passed tensors, not the module's.
+    assert passed_count == 1
+    assert module_count == 0
+    # A misspelt key is ignored, and the module's own buffer used and updated.
+    assert typo_used is False
+    assert module_updated is True
+    assert strict_raised
+    # A reassigned buffer survives only in a single dict; in-place always.
+    assert steps == [0, 1, 0]
+    assert totals == [3.0, 3.0, 3.0]
+    assert fixed_steps == 3
+    assert tie_outputs == [[10.0, 10.0], [11.0, 11.0]]
+    assert both_error == "ValueError"
+    assert all_names == ["table", "alias", "offset"]
+    assert own_names == ["scale"]
+    assert offset_saved
