@@ -19,7 +19,6 @@ loads into the new module with ``strict=True``.
 import inspect
 import os
 import tempfile
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -28,10 +27,11 @@ from torch import nn
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    raise SystemExit(
+    needs_library = (
         "This chapter also needs the guide's library: pip install "
         '"pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
-    ) from None
+    )
+    raise SystemExit(needs_library) from None
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/11_evolving_buffers.png"
 
@@ -86,7 +86,9 @@ v1_path = Path(checkpoint_dir.name) / "model_v1.pt"
 torch.save(model_v1.state_dict(), v1_path)
 v1_checkpoint = torch.load(v1_path, map_location=device, weights_only=True)
 print("keys in the v1 checkpoint:", list(v1_checkpoint))
-print("running_avg:", [round(v, 4) for v in v1_checkpoint["embed.running_avg"].tolist()])
+print(
+    "running_avg:", [round(v, 4) for v in v1_checkpoint["embed.running_avg"].tolist()]
+)
 
 # %%
 # Version 2 breaks it
@@ -258,11 +260,13 @@ model = Model(Embedding()).to(device)
 print(model.load_state_dict(v1_checkpoint, strict=True))
 print("running_mean:", [round(v, 4) for v in model.embed.running_mean.tolist()])
 print("num_updates: ", model.embed.num_updates.item())
+statistic_migrated = torch.equal(
+    model.embed.running_mean, v1_checkpoint["embed.running_avg"]
+)
+migrated_num_updates = model.embed.num_updates.item()
 
 # sphinx_gallery_start_ignore
-assert torch.equal(model.embed.running_mean, v1_checkpoint["embed.running_avg"]), (
-    "claim: the renamed statistic is restored from the v1 checkpoint"
-)
+assert statistic_migrated, "claim: the renamed statistic is restored from v1"
 assert all(
     torch.equal(model.state_dict()[k], v1_checkpoint[k])
     for k in ("embed.tokens.weight", "embed.positions.weight", "head.weight")
@@ -312,7 +316,7 @@ assert reloaded.embed.num_updates.item() == model.embed.num_updates.item() == 1,
 # unmodified ``EmbeddingV2``:
 
 
-def migrate_v1(module, state_dict, prefix, local_metadata, *args):
+def migrate_v1(_module, state_dict, prefix, *_):
     state_dict.pop(prefix + "position_ids", None)
     if prefix + "running_avg" in state_dict:
         state_dict[prefix + "running_mean"] = state_dict.pop(prefix + "running_avg")

@@ -27,10 +27,11 @@ from torch import nn
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    raise SystemExit(
+    needs_library = (
         "This chapter also needs the guide's library: pip install "
         '"pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
-    ) from None
+    )
+    raise SystemExit(needs_library) from None
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/12_meta_init.png"
 
@@ -144,9 +145,8 @@ print("load_state_dict:", result)
 model.eval()
 
 # sphinx_gallery_start_ignore
-assert not result.missing_keys and not result.unexpected_keys, (
-    "claim: the load after to_empty reports that every key matched"
-)
+assert not result.missing_keys, "claim: the load reports no missing key"
+assert not result.unexpected_keys, "claim: the load reports no unexpected key"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -186,7 +186,9 @@ def describe(name, tensor, correct):
 
 describe("rotary.inv_freq", model.rotary.inv_freq, reference.rotary.inv_freq)
 describe("bias.index     ", model.bias.index, reference.bias.index)
-print("the correct inv_freq:", [round(v, 4) for v in reference.rotary.inv_freq.tolist()])
+print(
+    "the correct inv_freq:", [round(v, 4) for v in reference.rotary.inv_freq.tolist()]
+)
 
 # sphinx_gallery_start_ignore
 # Whatever the garbage was, the load did not write these buffers: fill them
@@ -244,18 +246,21 @@ def init_buffers(model, device):
 
 
 with torch.device("meta"):
-    model = Attention()
-model.to_empty(device=device)
-init_buffers(model, device)
-print(model.load_state_dict(checkpoint))
-model.eval()
+    rebuilt = Attention()
+rebuilt.to_empty(device=device)
+init_buffers(rebuilt, device)
+print(rebuilt.load_state_dict(checkpoint))
+rebuilt.eval()
 with torch.no_grad():
-    fixed_out = model(x)
+    fixed_out = rebuilt(x)
 print(
     "inv_freq equal to the reference:",
-    torch.allclose(model.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6),
+    torch.allclose(rebuilt.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6),
 )
-print("index equal to the reference:", torch.equal(model.bias.index, reference.bias.index))
+print(
+    "index equal to the reference:",
+    torch.equal(rebuilt.bias.index, reference.bias.index),
+)
 print(
     "output equal to the reference to float precision:",
     torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6),
@@ -266,8 +271,8 @@ norm_check = nn.BatchNorm1d(2)
 norm_check.running_mean.fill_(3.0)
 norm_check.reset_parameters()
 assert not norm_check.running_mean.any(), "claim: reset_parameters resets BN stats"
-assert torch.allclose(model.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6)
-assert torch.equal(model.bias.index, reference.bias.index)
+assert torch.allclose(rebuilt.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6)
+assert torch.equal(rebuilt.bias.index, reference.bias.index)
 assert torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6), (
     "claim: with the buffers re-initialised the meta-built model matches"
 )
@@ -287,17 +292,17 @@ assert torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6), (
 # tensors, and the non-persistent buffers stay on ``meta``:
 
 with torch.device("meta"):
-    model = Attention()
-print(model.load_state_dict(checkpoint, assign=True))
-model.eval()
-for name, buffer in model.named_buffers():
+    assigned = Attention()
+print(assigned.load_state_dict(checkpoint, assign=True))
+assigned.eval()
+for name, buffer in assigned.named_buffers():
     print(f"{name:24} on {buffer.device.type}")
-shares_storage = model.qkv.weight.data_ptr() == checkpoint["qkv.weight"].data_ptr()
+shares_storage = assigned.qkv.weight.data_ptr() == checkpoint["qkv.weight"].data_ptr()
 print("qkv.weight is the checkpoint's tensor (same memory):", shares_storage)
 
 # sphinx_gallery_start_ignore
 assert shares_storage, "claim: assign=True uses the checkpoint's tensors, no copy"
-still_meta = sorted(n for n, b in model.named_buffers() if b.is_meta)
+still_meta = sorted(n for n, b in assigned.named_buffers() if b.is_meta)
 assert still_meta == sorted(non_persistent), (
     f"claim: after assign=True only the non-persistent buffers are on meta: {still_meta}"
 )
@@ -309,7 +314,7 @@ assert still_meta == sorted(non_persistent), (
 
 with torch.no_grad():
     try:
-        model(x)
+        assigned(x)
         assign_forward_failed = False
         print("forward ran")
     except RuntimeError as error:
@@ -324,9 +329,9 @@ assert assign_forward_failed, "claim: meta buffers make the forward pass raise"
 # It does not compute them either: the same ``init_buffers`` call finishes the
 # job.
 
-init_buffers(model, device)
+init_buffers(assigned, device)
 with torch.no_grad():
-    assigned_out = model(x)
+    assigned_out = assigned(x)
 print(
     "output equal to the reference to float precision:",
     torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6),
@@ -347,9 +352,9 @@ assert torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6), (
 # the buffers that no checkpoint will fill:
 
 with torch.device("meta"):
-    model = Attention()
-print(pb.explain_state_dict(model, checkpoint))
-print(pb.find_strays(model, include_non_persistent=True).as_text_table())
+    meta_model = Attention()
+print(pb.explain_state_dict(meta_model, checkpoint))
+print(pb.find_strays(meta_model, include_non_persistent=True).as_text_table())
 
 checkpoint_dir.cleanup()
 

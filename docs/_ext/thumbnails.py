@@ -25,6 +25,9 @@ THUMBNAILS = {
     "07_batchnorm_and_optimizer": ("running_mean", "#edc948"),
     "08_llm_caches": ("k_cache, v_cache", "#ff9da7"),
     "09_ddp_buffers": ("broadcast_buffers", "#9c755f"),
+    "11_evolving_buffers": ("_version", "#e15759"),
+    "12_meta_init": ("to_empty()", "#8cd17d"),
+    "13_compile_and_export": ("torch.compile", "#f1ce63"),
 }
 
 
