@@ -191,6 +191,8 @@ print("nn.BatchNorm1d._version:", nn.BatchNorm1d._version)
 print("metadata of the v1 checkpoint:", dict(v1_checkpoint._metadata))
 
 # sphinx_gallery_start_ignore
+assert nn.Module._version == 1, "claim: a module's version is 1 by default"
+assert nn.BatchNorm1d._version == 2, "claim: BatchNorm is at version 2"
 assert v1_checkpoint._metadata["embed"] == {"version": 1}, (
     "claim: torch.load(weights_only=True) restores the per-module version"
 )
@@ -232,9 +234,8 @@ assert not norm_v2_loaded, "claim: BatchNorm migrates only checkpoints older tha
 # The same two steps for our module: raise ``_version``, and translate the old
 # keys in ``_load_from_state_dict`` before calling the parent's. Each step checks
 # that the key it translates is really there, rather than trusting the version
-# alone: a state dict copied into a plain ``dict`` (or converted to
-# safetensors) has lost its ``_metadata``, and then every module reports no
-# version at all.
+# alone: a state dict copied into a plain ``dict`` has lost its
+# ``_metadata``, and then every module reports no version at all.
 
 
 class Embedding(EmbeddingV2):
@@ -298,6 +299,7 @@ print(reloaded.load_state_dict(plain, strict=True))
 print("num_updates after the metadata-less load:", reloaded.embed.num_updates.item())
 
 # sphinx_gallery_start_ignore
+assert not hasattr(plain, "_metadata"), "claim: a plain dict copy drops _metadata"
 assert v2_checkpoint._metadata["embed"] == {"version": 2}
 assert reloaded.embed.num_updates.item() == model.embed.num_updates.item() == 1, (
     "claim: the migration keeps the counter of a metadata-less v2 state dict"
@@ -358,4 +360,4 @@ checkpoint_dir.cleanup()
 # - For a class you cannot edit, ``register_load_state_dict_pre_hook`` runs the
 #   same translation on an instance.
 # - Decide from the keys present, not from the version alone: a state dict
-#   copied into a plain ``dict`` or stored as safetensors has no ``_metadata``.
+#   copied into a plain ``dict`` has no ``_metadata``.

@@ -16,6 +16,7 @@ attributes ended up.
 # -------------------
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -45,9 +46,9 @@ torch.manual_seed(123)
 # ``torch.compile`` first captures Python code into graphs (Dynamo), then hands
 # each graph to a backend that generates code (inductor by default). Dynamo keeps
 # counters in ``torch._dynamo.utils.counters``: graphs captured, graph breaks
-# with their reasons, frames it gave up on. Each experiment below starts from
-# ``torch._dynamo.reset()``, which forgets every compiled function and clears
-# the counters, so the numbers are this experiment's alone.
+# with their reasons, frames it gave up on. Each experiment below starts with
+# ``torch._dynamo.reset()``, which forgets every compiled function, and
+# ``counters.clear()``, so the numbers are this experiment's alone.
 
 
 def fresh_compiler():
@@ -175,6 +176,7 @@ assert reassigned_counts == {"graphs": 1, "graph breaks": 0, "gave up": 0}, (
     f"claim: reassigning a buffer compiles to one graph too: {reassigned_counts}"
 )
 assert torch.allclose(reassigned_model.mean, reference.mean, rtol=1e-5, atol=1e-6)
+assert "mean" in dict(reassigned_model.named_buffers()), "claim: still a buffer"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -404,7 +406,8 @@ class Everything(nn.Module):
 fresh_compiler()
 example = torch.randn(5, 4)
 start = time.perf_counter()
-exported = torch.export.export(Everything(), (example,))
+original = Everything()
+exported = torch.export.export(original, (example,))
 export_seconds = time.perf_counter() - start
 print(f"exporting took {export_seconds:.2f} seconds")
 for spec in exported.graph_signature.input_specs:
@@ -452,6 +455,31 @@ assert runnable.steps.item() == 3, "claim: the exported program updates its buff
 # sphinx_gallery_end_ignore
 
 # %%
+# One surprise: export did not copy the module's tensors. The program's
+# ``state_dict`` holds the very tensors of the module it was exported from,
+# and so does the module that ``exported.module()`` rebuilt. Running the
+# exported module has advanced the original module's counter too:
+
+shares_state = exported.state_dict["steps"] is original.steps
+print("exported.state_dict['steps'] is original.steps:", shares_state)
+print("original.steps after the exported module ran:", original.steps.item())
+
+# sphinx_gallery_start_ignore
+assert shares_state, "claim: the exported state_dict holds the module's own tensors"
+assert original.steps.item() == 3, "claim: running the export advances the original"
+# sphinx_gallery_end_ignore
+
+# %%
+# Export a copy (``copy.deepcopy(model)``) when the original must stay as it
+# was, or when the exported program will keep running alongside it.
+
+# sphinx_gallery_start_ignore
+kept = Everything()
+torch.export.export(copy.deepcopy(kept), (example,)).module()(example)
+assert kept.steps.item() == 0, "claim: exporting a deepcopy leaves the original alone"
+# sphinx_gallery_end_ignore
+
+# %%
 # Lowered to core ATen operators (``run_decompositions()``, the form that
 # backends and runtimes consume), the graph is functional: the in-place update
 # becomes an extra output marked ``BUFFER_MUTATION``, which the runtime writes
@@ -473,6 +501,12 @@ mutations = [
 assert mutations == ["steps"], (
     f"claim: the update is a BUFFER_MUTATION output: {mutations}"
 )
+lowered_runnable = lowered.module()
+steps_before = lowered_runnable.steps.item()
+lowered_runnable(example)
+assert lowered_runnable.steps.item() == steps_before + 1, (
+    "claim: the runtime writes the BUFFER_MUTATION output back into the buffer"
+)
 torch._dynamo.reset()
 # sphinx_gallery_end_ignore
 
@@ -492,3 +526,5 @@ torch._dynamo.reset()
 #   ``state_dict``, non-persistent buffers and plain tensor attributes in its
 #   ``constants``; the signature tells them apart (``BUFFER``,
 #   ``persistent=False``, ``CONSTANT_TENSOR``).
+# - The exported program shares the original module's tensors: buffer updates
+#   in one show in the other.

@@ -97,10 +97,12 @@ def test_compile_and_export(run_chapter):
         "runnable.steps.item()",
         "mutations",
         "compile_seconds",
+        "shares_state",
+        "original.steps.item()",
     )
     (inductor_counts, reassigned_counts, int_counts, limit, cache_counts, correct,
      in_place_kept, reassigned_kept, kinds, state_keys, constant_keys, steps,
-     mutations, compile_seconds) = run.facts  # fmt: skip
+     mutations, compile_seconds, shares_state, original_steps) = run.facts  # fmt: skip
     one_graph = {"graphs": 1, "graph breaks": 0, "gave up": 0}
     assert inductor_counts == one_graph
     assert reassigned_counts == one_graph
@@ -121,6 +123,9 @@ def test_compile_and_export(run_chapter):
     assert constant_keys == ["mask", "scale"]
     assert steps == 3
     assert mutations == ["steps"]
+    # The exported program shares the original module's buffers.
+    assert shares_state
+    assert original_steps == 3
     assert (
         f"compiling on the first call took {compile_seconds:.2f} seconds" in run.stdout
     )
