@@ -448,10 +448,11 @@ assert sorted(exported.constants) == ["mask", "scale"], (
 runnable = exported.module()
 for _ in range(3):
     runnable(example)
-print("steps after three calls:", runnable.steps.item())
+steps_after_three_calls = runnable.steps.item()
+print("steps after three calls:", steps_after_three_calls)
 
 # sphinx_gallery_start_ignore
-assert runnable.steps.item() == 3, "claim: the exported program updates its buffer"
+assert steps_after_three_calls == 3, "claim: the exported program updates its buffer"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -462,11 +463,12 @@ assert runnable.steps.item() == 3, "claim: the exported program updates its buff
 
 shares_state = exported.state_dict["steps"] is original.steps
 print("exported.state_dict['steps'] is original.steps:", shares_state)
-print("original.steps after the exported module ran:", original.steps.item())
+original_steps = original.steps.item()
+print("original.steps after the exported module ran:", original_steps)
 
 # sphinx_gallery_start_ignore
 assert shares_state, "claim: the exported state_dict holds the module's own tensors"
-assert original.steps.item() == 3, "claim: running the export advances the original"
+assert original_steps == 3, "claim: running the export advances the original"
 # sphinx_gallery_end_ignore
 
 # %%
