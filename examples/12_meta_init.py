@@ -353,7 +353,8 @@ assert torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6), (
 
 with torch.device("meta"):
     meta_model = Attention()
-print(pb.explain_state_dict(meta_model, checkpoint))
+report = pb.explain_state_dict(meta_model, checkpoint)
+print(report)
 print(pb.find_strays(meta_model, include_non_persistent=True).as_text_table())
 
 checkpoint_dir.cleanup()
