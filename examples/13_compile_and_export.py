@@ -69,9 +69,9 @@ def dynamo_counts():
 # A buffer updated in place, compiled with inductor
 # -------------------------------------------------
 # A running mean with a step counter, both buffers, both updated in place in
-# ``forward``. The first call of the compiled module compiles it; its time is
-# the compile time (it includes whatever inductor found in its on-disk cache
-# from earlier runs).
+# ``forward``. The first call of the compiled module compiles it, so its time
+# is the compile time. Inductor keeps compiled graphs in an on-disk cache; the
+# line below also says whether this build found the graph there.
 
 
 class RunningMean(nn.Module):
@@ -103,7 +103,11 @@ for batch in batches[1:]:
     )
 inductor_counts = dynamo_counts()
 inductor_ran = sum(counters["inductor"].values()) > 0
-print(f"compiling on the first call took {compile_seconds:.2f} seconds")
+inductor_cache = "hit" if counters["inductor"]["fxgraph_cache_hit"] else "miss"
+print(
+    f"compiling on the first call took {compile_seconds:.2f} seconds "
+    f"(inductor's on-disk cache: {inductor_cache})"
+)
 print("Dynamo:", inductor_counts)
 print(
     "steps, compiled vs eager:", compiled_model.steps.item(), eager_model.steps.item()
@@ -380,9 +384,10 @@ assert torch.equal(cache.k_cache[:, :3], prompt), "claim: the write reached the 
 # %%
 # ``torch.export``: where each kind of tensor goes
 # ------------------------------------------------
-# ``torch.export`` turns a module into an ``ExportedProgram``: one graph whose
-# inputs are the module's tensors and the user's arguments, plus the tensors
-# themselves. Its graph signature says what each input is. A module with one
+# ``torch.export`` turns a module into an ``ExportedProgram``: one graph that
+# takes every tensor the module uses as an input, next to the user's
+# arguments, and the values of those tensors. Its graph signature says what
+# each input is. A module with one
 # of each: parameters, a persistent buffer that ``forward`` updates, a
 # non-persistent buffer (a mask) and a plain tensor attribute (a scale).
 
