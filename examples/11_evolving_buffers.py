@@ -1,0 +1,363 @@
+r"""
+Changing a buffer without breaking old checkpoints
+==================================================
+
+Code changes; checkpoints stay. Make a buffer non-persistent, rename it, or add
+a new one, and every checkpoint saved before the change stops loading (a
+``position_ids`` buffer made non-persistent in a popular model library broke
+dozens of projects; BatchNorm checkpoints saved before ``num_batches_tracked``
+existed lack that key). This chapter breaks a checkpoint in all three ways,
+then fixes it the way torch fixes BatchNorm: a module version stored in every
+checkpoint and a load hook that migrates old keys, so that the old checkpoint
+loads into the new module with ``strict=True``.
+"""
+
+# %%
+# Where this page ran
+# -------------------
+
+import inspect
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+try:
+    import pytorch_buffers as pb
+except ModuleNotFoundError:
+    needs_library = (
+        "This chapter also needs the guide's library: pip install "
+        '"pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    )
+    raise SystemExit(needs_library) from None
+
+# sphinx_gallery_thumbnail_path = "_thumbnails/11_evolving_buffers.png"
+
+device = torch.device(
+    os.environ.get("GUIDE_DEVICE")
+    or torch.accelerator.current_accelerator(check_available=True)
+    or "cpu"
+)
+print(f"torch {torch.__version__}, device: {device}")
+torch.manual_seed(123)
+
+# %%
+# Version 1, and a checkpoint saved from it
+# -----------------------------------------
+# An embedding layer with two buffers: the position indices ``0 .. n-1``
+# (persistent, as many models once had them) and a running average of its
+# output, a statistic that ``forward`` updates in training, like BatchNorm's.
+
+
+class EmbeddingV1(nn.Module):
+    def __init__(self, vocab=32, dim=4, context_length=8):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(context_length, dim)
+        self.register_buffer("position_ids", torch.arange(context_length))
+        self.register_buffer("running_avg", torch.zeros(dim))
+
+    def forward(self, ids):
+        out = self.tokens(ids) + self.positions(self.position_ids[: ids.shape[-1]])
+        if self.training:
+            with torch.no_grad():
+                self.running_avg.lerp_(out.mean(dim=(0, 1)), 0.1)
+        return out
+
+
+class Model(nn.Module):
+    def __init__(self, embedding):
+        super().__init__()
+        self.embed = embedding
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+model_v1 = Model(EmbeddingV1()).to(device)
+for _ in range(5):  # "training": forward updates the running average
+    model_v1(torch.randint(0, 32, (2, 8), device=device))
+
+checkpoint_dir = tempfile.TemporaryDirectory()
+v1_path = Path(checkpoint_dir.name) / "model_v1.pt"
+torch.save(model_v1.state_dict(), v1_path)
+v1_checkpoint = torch.load(v1_path, map_location=device, weights_only=True)
+print("keys in the v1 checkpoint:", list(v1_checkpoint))
+print(
+    "running_avg:", [round(v, 4) for v in v1_checkpoint["embed.running_avg"].tolist()]
+)
+
+# %%
+# Version 2 breaks it
+# -------------------
+# Three reasonable changes: ``position_ids`` becomes non-persistent (the module
+# rebuilds it, so why save it?); ``running_avg`` is renamed ``running_mean``;
+# and a new persistent buffer, ``num_updates``, counts the updates (for a
+# bias-corrected average). Nothing about the weights changed.
+
+
+class EmbeddingV2(nn.Module):
+    def __init__(self, vocab=32, dim=4, context_length=8):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(context_length, dim)
+        self.register_buffer(
+            "position_ids", torch.arange(context_length), persistent=False
+        )
+        self.register_buffer("running_mean", torch.zeros(dim))  # was running_avg
+        self.register_buffer("num_updates", torch.tensor(0))  # new
+
+    def forward(self, ids):
+        out = self.tokens(ids) + self.positions(self.position_ids[: ids.shape[-1]])
+        if self.training:
+            with torch.no_grad():
+                self.running_mean.lerp_(out.mean(dim=(0, 1)), 0.1)
+                self.num_updates += 1
+        return out
+
+
+model_v2 = Model(EmbeddingV2()).to(device)
+try:
+    model_v2.load_state_dict(v1_checkpoint)
+    strict_load_failed = False
+except RuntimeError as error:
+    strict_load_failed = True
+    print(f"{type(error).__name__}: {error}")
+
+# sphinx_gallery_start_ignore
+assert strict_load_failed, "claim: the v1 checkpoint does not load into v2 strictly"
+# sphinx_gallery_end_ignore
+
+# %%
+# Each change shows up in the message: the non-persistent buffer as an
+# unexpected key, the renamed one as a missing key plus an unexpected one, and
+# the new one as a missing key. ``strict=False`` would load, and silently lose
+# the statistic that was renamed:
+
+model_v2 = Model(EmbeddingV2()).to(device)
+skipped = model_v2.load_state_dict(v1_checkpoint, strict=False)
+print(skipped)
+print("running_mean after the load:", model_v2.embed.running_mean.tolist())
+
+# sphinx_gallery_start_ignore
+assert sorted(skipped.missing_keys) == ["embed.num_updates", "embed.running_mean"], (
+    "claim: the renamed and the added buffer are missing keys"
+)
+assert sorted(skipped.unexpected_keys) == ["embed.position_ids", "embed.running_avg"], (
+    "claim: the non-persistent and the renamed buffer are unexpected keys"
+)
+assert not model_v2.embed.running_mean.any(), (
+    "claim: strict=False leaves the renamed statistic at its initial zeros"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# What the library makes of it
+# ----------------------------
+# :func:`pytorch_buffers.explain_state_dict` looks at each key before anything
+# is loaded:
+
+report = pb.explain_state_dict(Model(EmbeddingV2()), v1_checkpoint)
+print(report)
+
+# sphinx_gallery_start_ignore
+verdicts = {problem.key: problem.safe_to_ignore for problem in report}
+assert verdicts == {
+    "embed.running_mean": False,
+    "embed.num_updates": False,
+    "embed.position_ids": True,
+    "embed.running_avg": False,
+}, f"claim: only the now non-persistent position_ids is safe to skip, got {verdicts}"
+# sphinx_gallery_end_ignore
+
+# %%
+# Dropping ``embed.position_ids`` is safe: the module rebuilds it. The rename and
+# the new counter are not: the checkpoint has to be translated. Torch has a
+# place for exactly that.
+#
+# The mechanism: a version in every checkpoint
+# --------------------------------------------
+# Every module class has a ``_version`` (1 unless the class sets it), and
+# ``state_dict()`` records each submodule's version in a ``_metadata``
+# attribute of the dictionary it returns, keyed by the submodule's prefix.
+# ``torch.save`` keeps it (the state dict is an ``OrderedDict`` and the
+# attribute is pickled with it), and ``torch.load(weights_only=True)`` restores it:
+
+print("nn.Module._version:", nn.Module._version)
+print("nn.BatchNorm1d._version:", nn.BatchNorm1d._version)
+print("metadata of the v1 checkpoint:", dict(v1_checkpoint._metadata))
+
+# sphinx_gallery_start_ignore
+assert nn.Module._version == 1, "claim: a module's version is 1 by default"
+assert nn.BatchNorm1d._version == 2, "claim: BatchNorm is at version 2"
+assert v1_checkpoint._metadata["embed"] == {"version": 1}, (
+    "claim: torch.load(weights_only=True) restores the per-module version"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# When ``load_state_dict`` reaches a submodule, it calls the submodule's
+# ``_load_from_state_dict`` with that submodule's prefix and its recorded
+# metadata. BatchNorm (version 2) overrides it: when a checkpoint from version 1
+# lacks ``num_batches_tracked``, it adds the key before the normal load runs.
+# This is the installed torch's own code:
+
+print(inspect.getsource(nn.modules.batchnorm._NormBase._load_from_state_dict))
+
+# %%
+# And it works: a BatchNorm checkpoint that claims version 1 and lacks the
+# counter loads strictly; the same dictionary claiming version 2 does not.
+
+old_norm = nn.BatchNorm1d(3).state_dict()
+del old_norm["num_batches_tracked"]
+old_norm._metadata[""]["version"] = 1
+print("version 1 without the counter:", nn.BatchNorm1d(3).load_state_dict(old_norm))
+
+old_norm._metadata[""]["version"] = 2
+try:
+    nn.BatchNorm1d(3).load_state_dict(old_norm)
+    norm_v2_loaded = True
+except RuntimeError as error:
+    norm_v2_loaded = False
+    print(f"version 2 without the counter: {type(error).__name__}: {error}")
+
+# sphinx_gallery_start_ignore
+assert not norm_v2_loaded, "claim: BatchNorm migrates only checkpoints older than v2"
+# sphinx_gallery_end_ignore
+
+# %%
+# The fix: version 2 migrates version 1 checkpoints
+# -------------------------------------------------
+# The same two steps for our module: raise ``_version``, and translate the old
+# keys in ``_load_from_state_dict`` before calling the parent's. Each step checks
+# that the key it translates is really there, rather than trusting the version
+# alone: a state dict copied into a plain ``dict`` has lost its
+# ``_metadata``, and then every module reports no version at all.
+
+
+class Embedding(EmbeddingV2):
+    # 1: position_ids persistent, running_avg; 2: the changes above.
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        version = local_metadata.get("version")
+        if version is None or version < 2:
+            # position_ids is rebuilt by __init__ now: drop the saved copy.
+            state_dict.pop(prefix + "position_ids", None)
+            if prefix + "running_avg" in state_dict:
+                state_dict[prefix + "running_mean"] = state_dict.pop(
+                    prefix + "running_avg"
+                )
+            if prefix + "num_updates" not in state_dict:
+                # Unknown for old checkpoints: start at 0, as a fresh BatchNorm does.
+                state_dict[prefix + "num_updates"] = torch.tensor(0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+model = Model(Embedding()).to(device)
+print(model.load_state_dict(v1_checkpoint, strict=True))
+print("running_mean:", [round(v, 4) for v in model.embed.running_mean.tolist()])
+print("num_updates: ", model.embed.num_updates.item())
+statistic_migrated = torch.equal(
+    model.embed.running_mean, v1_checkpoint["embed.running_avg"]
+)
+migrated_num_updates = model.embed.num_updates.item()
+
+# sphinx_gallery_start_ignore
+assert statistic_migrated, "claim: the renamed statistic is restored from v1"
+assert all(
+    torch.equal(model.state_dict()[k], v1_checkpoint[k])
+    for k in ("embed.tokens.weight", "embed.positions.weight", "head.weight")
+), "claim: the weights are restored"
+# sphinx_gallery_end_ignore
+
+# %%
+# The migration edits a dictionary, but not yours: ``load_state_dict`` works on
+# a shallow copy of the one you pass, so the checkpoint keeps its old keys:
+
+print("keys still in v1_checkpoint:", list(v1_checkpoint))
+
+# sphinx_gallery_start_ignore
+assert "embed.running_avg" in v1_checkpoint, "claim: the caller's dict is untouched"
+# sphinx_gallery_end_ignore
+
+# %%
+# New checkpoints record version 2, so they skip the migration, and a version 2
+# state dict that lost its metadata still loads with its counter intact,
+# because each step looks at the keys before it touches them:
+
+model.train()
+model(torch.randint(0, 32, (2, 8), device=device))
+v2_checkpoint = model.state_dict()
+print("metadata of a new checkpoint:", dict(v2_checkpoint._metadata))
+plain = dict(v2_checkpoint)  # no _metadata: every version reads as None
+reloaded = Model(Embedding()).to(device)
+print(reloaded.load_state_dict(plain, strict=True))
+print("num_updates after the metadata-less load:", reloaded.embed.num_updates.item())
+
+# sphinx_gallery_start_ignore
+assert not hasattr(plain, "_metadata"), "claim: a plain dict copy drops _metadata"
+assert v2_checkpoint._metadata["embed"] == {"version": 2}
+assert reloaded.embed.num_updates.item() == model.embed.num_updates.item() == 1, (
+    "claim: the migration keeps the counter of a metadata-less v2 state dict"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# The public way: a load pre-hook
+# -------------------------------
+# ``_load_from_state_dict`` is a method you override in your own class. For a
+# class you cannot edit (it comes from a library), torch offers a public hook:
+# ``module.register_load_state_dict_pre_hook(hook)`` runs ``hook(module,
+# state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+# error_msgs)`` on that instance just before it loads its own keys. The hook
+# must change ``state_dict`` in place. Here it adapts the v1 checkpoint to an
+# unmodified ``EmbeddingV2``:
+
+
+def migrate_v1(_module, state_dict, prefix, *_):
+    state_dict.pop(prefix + "position_ids", None)
+    if prefix + "running_avg" in state_dict:
+        state_dict[prefix + "running_mean"] = state_dict.pop(prefix + "running_avg")
+    state_dict.setdefault(prefix + "num_updates", torch.tensor(0))
+
+
+library_model = Model(EmbeddingV2()).to(device)
+handle = library_model.embed.register_load_state_dict_pre_hook(migrate_v1)
+print(library_model.load_state_dict(v1_checkpoint, strict=True))
+handle.remove()  # the hook belongs to this instance only; remove it when done
+
+# sphinx_gallery_start_ignore
+assert torch.equal(
+    library_model.embed.running_mean, v1_checkpoint["embed.running_avg"]
+), "claim: the public pre-hook migrates the v1 checkpoint too"
+# sphinx_gallery_end_ignore
+
+# %%
+# Without the version in ``_metadata`` this hook cannot tell an old checkpoint
+# from a new one, so it decides from the keys alone, which is why the
+# migrations above never overwrite a key that is present.
+#
+# The same translation can of course be done once, outside the module: load
+# the old file, rename the keys, save a new file. That is fine for checkpoints
+# you own; a migration inside the module also covers every copy you do not.
+
+checkpoint_dir.cleanup()
+
+# %%
+# What to remember
+# ----------------
+# - Making a buffer non-persistent, renaming it or adding a persistent one
+#   changes the state dict's keys, and every older checkpoint then fails
+#   ``load_state_dict(strict=True)``; ``strict=False`` loads it and silently
+#   keeps the module's initial values for what was renamed or added.
+# - ``state_dict()`` stores each module's ``_version`` in ``_metadata``; a class
+#   that changes its keys raises ``_version`` and translates old keys in
+#   ``_load_from_state_dict``, as BatchNorm does for ``num_batches_tracked``.
+# - For a class you cannot edit, ``register_load_state_dict_pre_hook`` runs the
+#   same translation on an instance.
+# - Decide from the keys present, not from the version alone: a state dict
+#   copied into a plain ``dict`` has no ``_metadata``.

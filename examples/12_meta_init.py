@@ -1,0 +1,380 @@
+r"""
+Meta-device init, ``to_empty``, and the buffers no checkpoint restores
+======================================================================
+
+Large models are built on the ``meta`` device (shapes and dtypes, no memory),
+then given real memory with ``to_empty()`` and filled from a checkpoint. That
+restores every parameter and every persistent buffer. A non-persistent buffer,
+a rotary ``inv_freq`` or a relative-position index, is in no checkpoint: after
+``to_empty()`` it holds whatever bytes were in the memory it got, and
+``load_state_dict`` still reports that all keys matched. This chapter shows it
+happen, then the two fixes: re-run the buffers' initialisation after
+``to_empty()``, and ``load_state_dict(assign=True)``, which makes the mistake
+loud instead of silent.
+"""
+
+# %%
+# Where this page ran
+# -------------------
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+try:
+    import pytorch_buffers as pb
+except ModuleNotFoundError:
+    needs_library = (
+        "This chapter also needs the guide's library: pip install "
+        '"pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    )
+    raise SystemExit(needs_library) from None
+
+# sphinx_gallery_thumbnail_path = "_thumbnails/12_meta_init.png"
+
+device = torch.device(
+    os.environ.get("GUIDE_DEVICE")
+    or torch.accelerator.current_accelerator(check_available=True)
+    or "cpu"
+)
+print(f"torch {torch.__version__}, device: {device}")
+torch.manual_seed(123)
+
+# %%
+# A model with three kinds of state
+# ---------------------------------
+# An attention layer with parameters (the projections, a table of relative
+# position biases), persistent buffers (the running statistics of a
+# BatchNorm) and two non-persistent buffers computed from the configuration:
+# the rotary frequencies ``inv_freq`` and the relative-position ``index`` into
+# the bias table. Each module computes its non-persistent buffers in a method
+# of its own, ``init_buffers``, which ``__init__`` calls; most code computes
+# them inline in ``__init__``, which is where the trouble starts.
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim, base=10_000.0):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        self.init_buffers()
+
+    def init_buffers(self, device=None):
+        exponents = torch.arange(0, self.head_dim, 2, device=device) / self.head_dim
+        self.register_buffer("inv_freq", 1.0 / self.base**exponents, persistent=False)
+
+    def forward(self, x):
+        positions = torch.arange(x.shape[-2], device=x.device, dtype=x.dtype)
+        angles = torch.outer(positions, self.inv_freq)
+        cos, sin = angles.cos(), angles.sin()
+        even, odd = x[..., 0::2], x[..., 1::2]
+        rotated = (even * cos - odd * sin, even * sin + odd * cos)
+        return torch.stack(rotated, dim=-1).flatten(-2)
+
+
+class RelativePositionBias(nn.Module):
+    def __init__(self, window):
+        super().__init__()
+        self.window = window
+        self.table = nn.Parameter(torch.randn(2 * window - 1))
+        self.init_buffers()
+
+    def init_buffers(self, device=None):
+        positions = torch.arange(self.window, device=device)
+        offsets = positions[:, None] - positions[None, :] + self.window - 1
+        self.register_buffer("index", offsets, persistent=False)
+
+    def forward(self, length):
+        return self.table[self.index[:length, :length]]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim=16, window=8):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.rotary = Rotary(dim)
+        self.bias = RelativePositionBias(window)
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, x):  # x: (batch, tokens, dim)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k = self.rotary(q), self.rotary(k)
+        scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        out = (scores + self.bias(x.shape[1])).softmax(dim=-1) @ v
+        return self.norm(out.transpose(1, 2)).transpose(1, 2)
+
+
+reference = Attention().to(device)
+with torch.no_grad():
+    for _ in range(3):  # a little "training", so the running statistics move
+        reference(torch.randn(4, 8, 16, device=device))
+reference.eval()
+
+checkpoint_dir = tempfile.TemporaryDirectory()
+checkpoint_path = Path(checkpoint_dir.name) / "attention.pt"
+torch.save(reference.state_dict(), checkpoint_path)
+checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+print("in the checkpoint:", list(checkpoint))
+
+non_persistent = ["rotary.inv_freq", "bias.index"]
+# sphinx_gallery_start_ignore
+assert not set(non_persistent) & set(checkpoint), (
+    "claim: the non-persistent buffers are not in the checkpoint"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# The meta-device recipe
+# ----------------------
+# Build on ``meta``: every tensor has a shape and a dtype but no data, and
+# construction costs no memory however large the model. ``to_empty()`` then
+# allocates real, uninitialised memory on the device (``torch.empty``) for
+# every parameter and buffer, and ``load_state_dict`` fills it.
+
+with torch.device("meta"):
+    model = Attention()
+print("before to_empty:", model.rotary.inv_freq)
+# sphinx_gallery_start_ignore
+assert all(t.is_meta for t in model.state_dict().values()), "claim: all on meta"
+# sphinx_gallery_end_ignore
+model.to_empty(device=device)
+result = model.load_state_dict(checkpoint)
+print("load_state_dict:", result)
+model.eval()
+
+# sphinx_gallery_start_ignore
+assert not result.missing_keys, "claim: the load reports no missing key"
+assert not result.unexpected_keys, "claim: the load reports no unexpected key"
+# sphinx_gallery_end_ignore
+
+# %%
+# Every key matched. Now compare each tensor with the reference model's:
+
+reference_tensors = dict(reference.named_parameters()) | dict(reference.named_buffers())
+loaded_tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+restored = {}
+for name, tensor in loaded_tensors.items():
+    restored[name] = torch.equal(tensor, reference_tensors[name])
+    where = "non-persistent buffer" if name in non_persistent else "in the checkpoint"
+    print(f"{name:24} {where:22} same as the reference: {restored[name]}")
+
+# sphinx_gallery_start_ignore
+assert all(restored[name] for name in checkpoint), (
+    "claim: every parameter and persistent buffer is restored"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# What the two non-persistent buffers hold is whatever the allocator handed
+# ``to_empty()``: it changes from run to run, and by chance it can be zeros or
+# even the right values (when the memory last held the same numbers). This is
+# what this build found:
+
+
+def describe(name, tensor, correct):
+    values = tensor.float()  # float64 is not on every device (MPS)
+    facts = (
+        f"min {values.min().item():.4g}, max {values.max().item():.4g}, "
+        f"{(tensor == 0).sum().item()} of {tensor.numel()} zero, "
+        f"{(~values.isfinite()).sum().item()} not finite"
+    )
+    verdict = "the correct values" if torch.equal(tensor, correct) else "WRONG"
+    print(f"{name} (uninitialised memory): {facts}: {verdict}")
+
+
+describe("rotary.inv_freq", model.rotary.inv_freq, reference.rotary.inv_freq)
+describe("bias.index     ", model.bias.index, reference.bias.index)
+print(
+    "the correct inv_freq:", [round(v, 4) for v in reference.rotary.inv_freq.tolist()]
+)
+
+# sphinx_gallery_start_ignore
+# Whatever the garbage was, the load did not write these buffers: fill them
+# with a marker after to_empty, load again, and the marker is still there.
+probe = Attention().to(device)
+probe.to_empty(device=device)
+probe.rotary.inv_freq.fill_(float("nan"))
+probe.bias.index.fill_(-1)
+probe.load_state_dict(checkpoint)
+assert probe.rotary.inv_freq.isnan().all(), "claim: no load restores inv_freq"
+assert (probe.bias.index == -1).all(), "claim: no load restores the index"
+del probe
+# sphinx_gallery_end_ignore
+
+# %%
+# And the model's output, against the reference's, on the same input:
+
+x = torch.randn(2, 8, 16, device=device)
+index = model.bias.index
+index_in_range = bool(((index >= 0) & (index < model.bias.table.numel())).all())
+with torch.no_grad():
+    expected = reference(x)
+    got, outcome = None, None
+    if device.type != "cpu" and not index_in_range:
+        # On an accelerator an out-of-range index is a device-side assertion,
+        # which can leave the device unusable for the rest of the process.
+        outcome = "not run here: the index is out of range"
+    else:
+        try:
+            got = model(x)
+        except (RuntimeError, IndexError) as error:
+            outcome = f"{type(error).__name__}: {error}"
+if got is None:
+    print("forward with uninitialised memory:", outcome)
+elif torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+    print("forward (uninitialised memory) matched the reference, by chance")
+else:
+    difference = (got - expected).abs().max().item()
+    print(
+        "forward with uninitialised memory ran without an error; largest "
+        f"difference from the reference: {difference:.4g}"
+    )
+
+# %%
+# Nothing warned before the forward pass: the load said every key matched,
+# and what the forward pass then did depended on leftover memory.
+#
+# Fix 1: re-run the buffers' initialisation after ``to_empty``
+# ------------------------------------------------------------
+# ``to_empty()`` allocates memory and never runs ``__init__`` again, so the
+# code that computes a non-persistent buffer has to be callable on its own.
+# That is why the modules above keep it in ``init_buffers``; one walk over the
+# model calls each after ``to_empty()`` (torch's own modules follow the same
+# idea with ``reset_parameters()``, which for BatchNorm also resets its
+# running statistics).
+
+
+def init_buffers(model, device):
+    for module in model.modules():
+        if hasattr(module, "init_buffers"):
+            module.init_buffers(device)
+
+
+with torch.device("meta"):
+    rebuilt = Attention()
+rebuilt.to_empty(device=device)
+init_buffers(rebuilt, device)
+print(rebuilt.load_state_dict(checkpoint))
+rebuilt.eval()
+with torch.no_grad():
+    fixed_out = rebuilt(x)
+print(
+    "inv_freq equal to the reference:",
+    torch.allclose(rebuilt.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6),
+)
+print(
+    "index equal to the reference:",
+    torch.equal(rebuilt.bias.index, reference.bias.index),
+)
+print(
+    "output equal to the reference to float precision:",
+    torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6),
+)
+
+# sphinx_gallery_start_ignore
+norm_check = nn.BatchNorm1d(2)
+norm_check.running_mean.fill_(3.0)
+norm_check.reset_parameters()
+assert not norm_check.running_mean.any(), "claim: reset_parameters resets BN stats"
+assert torch.allclose(rebuilt.rotary.inv_freq, reference.rotary.inv_freq, rtol=1e-6)
+assert torch.equal(rebuilt.bias.index, reference.bias.index)
+assert torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6), (
+    "claim: with the buffers re-initialised the meta-built model matches"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# The buffers are computed on the target device here; on an accelerator the
+# last bits of ``inv_freq`` can differ from the reference's (computed on the
+# CPU and moved), hence the comparison to float precision.
+#
+# Fix 2: ``load_state_dict(assign=True)``, and when it helps
+# ----------------------------------------------------------
+# With ``assign=True``, ``load_state_dict`` does not copy into the module's
+# tensors: it puts the checkpoint's tensors in their place. On a meta-built
+# model that skips ``to_empty()`` altogether, so the model is never allocated
+# twice. The parameters and persistent buffers are now the checkpoint's own
+# tensors, and the non-persistent buffers stay on ``meta``:
+
+with torch.device("meta"):
+    assigned = Attention()
+print(assigned.load_state_dict(checkpoint, assign=True))
+assigned.eval()
+for name, buffer in assigned.named_buffers():
+    print(f"{name:24} on {buffer.device.type}")
+shares_storage = assigned.qkv.weight.data_ptr() == checkpoint["qkv.weight"].data_ptr()
+print("qkv.weight is the checkpoint's tensor (same memory):", shares_storage)
+
+# sphinx_gallery_start_ignore
+assert shares_storage, "claim: assign=True uses the checkpoint's tensors, no copy"
+still_meta = sorted(n for n, b in assigned.named_buffers() if b.is_meta)
+assert still_meta == sorted(non_persistent), (
+    f"claim: after assign=True only the non-persistent buffers are on meta: {still_meta}"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# That is the help it gives: the forgotten buffers cannot hold garbage, because
+# they hold nothing. Using them fails, loudly:
+
+with torch.no_grad():
+    try:
+        assigned(x)
+        assign_forward_failed = False
+        print("forward ran")
+    except RuntimeError as error:
+        assign_forward_failed = True
+        print(f"{type(error).__name__}: {error}")
+
+# sphinx_gallery_start_ignore
+assert assign_forward_failed, "claim: meta buffers make the forward pass raise"
+# sphinx_gallery_end_ignore
+
+# %%
+# It does not compute them either: the same ``init_buffers`` call finishes the
+# job.
+
+init_buffers(assigned, device)
+with torch.no_grad():
+    assigned_out = assigned(x)
+print(
+    "output equal to the reference to float precision:",
+    torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6),
+)
+
+# sphinx_gallery_start_ignore
+assert torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6), (
+    "claim: assign=True plus init_buffers matches the reference"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# What the library says
+# ---------------------
+# :func:`pytorch_buffers.explain_state_dict` checks a checkpoint against the
+# meta-built model before anything is allocated, and
+# :func:`pytorch_buffers.find_strays` with ``include_non_persistent=True`` lists
+# the buffers that no checkpoint will fill:
+
+with torch.device("meta"):
+    meta_model = Attention()
+report = pb.explain_state_dict(meta_model, checkpoint)
+print(report)
+print(pb.find_strays(meta_model, include_non_persistent=True).as_text_table())
+
+checkpoint_dir.cleanup()
+
+# %%
+# What to remember
+# ----------------
+# - ``to_empty()`` allocates uninitialised memory; ``load_state_dict`` fills the
+#   parameters and persistent buffers and still reports success when the
+#   non-persistent buffers were never filled.
+# - Keep the code that computes each non-persistent buffer in a method, and call
+#   it after ``to_empty()`` (or after loading).
+# - ``load_state_dict(assign=True)`` on a meta-built model skips ``to_empty()``
+#   and its second allocation, and leaves the non-persistent buffers on
+#   ``meta``, where using them raises instead of computing with garbage; they
+#   still need their initialisation.
