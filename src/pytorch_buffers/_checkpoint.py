@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._inventory import TensorKind, inventory, render_text
+from ._inventory import TensorKind, inventory, pattern, render_text
 from ._meta import RecordCopies, meta_copy
 from ._module import as_module, wrapped_module
 
@@ -143,11 +143,6 @@ def _attempt(
         if id(value) != before.get(name) or id(value) in recorder.written
     )
     return _Attempt(error, tuple(missing), tuple(unexpected), filled)
-
-
-def _pattern(key: str) -> str:
-    """``layers.3.attn.q.weight`` -> ``layers.*.attn.q.weight``: one row per layer stack."""
-    return ".".join("*" if part.isdigit() else part for part in key.split("."))
 
 
 def _find_prefix(
@@ -303,11 +298,11 @@ class StateDictReport(tuple[KeyReport, ...]):
         for r in shown:
             shapes = (r.checkpoint_shape, r.module_shape)
             signature = (r.problem, r.kind, r.safe_to_ignore, r.advice, shapes)
-            groups.setdefault((_pattern(r.key), *signature), []).append(r)
+            groups.setdefault((pattern(r.key), *signature), []).append(r)
         rows: list[tuple[str, ...]] = []
         for members in groups.values():
             first = members[0]
-            name = first.key if len(members) == 1 else _pattern(first.key)
+            name = first.key if len(members) == 1 else pattern(first.key)
             count = f" (x{len(members)})" if len(members) > 1 else ""
             rows.append(
                 (
@@ -372,7 +367,7 @@ def _capped(names: Sequence[str], limit: int) -> list[str]:
     """Names grouped by pattern (one line per layer stack), at most ``limit`` lines."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(_pattern(name), []).append(name)
+        groups.setdefault(pattern(name), []).append(name)
     lines = [
         members[0] if len(members) == 1 else f"{pattern} (x{len(members)})"
         for pattern, members in groups.items()

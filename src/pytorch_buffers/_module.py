@@ -70,3 +70,24 @@ def device_matches(actual: torch.device, expected: torch.device) -> bool:
     if actual.type != expected.type:
         return False
     return expected.index is None or actual.index == expected.index
+
+
+def device_missing(device: torch.device) -> str | None:
+    """Why torch on this machine has no ``device`` (``None`` when it has it)."""
+    if device.type in {"cpu", "meta"}:
+        return None
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    elif callable(is_available):
+        available = bool(is_available())
+        count_devices = getattr(backend, "device_count", None)
+        count = int(count_devices()) if callable(count_devices) else 1
+    else:
+        return None  # a backend torch cannot be asked about: let the check run
+    if not available:
+        return f"this torch ({torch.__version__}) has no {device.type} device"
+    if device.index is not None and device.index >= count:
+        return f"this machine has {count} {device.type} device(s), numbered from 0"
+    return None
