@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._inventory import TensorKind, inventory, pattern, render_text
+from ._inventory import Inventory, TensorKind, inventory, pattern, render_text
 from ._meta import RecordCopies, meta_copy
 from ._module import as_module, wrapped_module
 
@@ -550,9 +550,13 @@ def _explain(
     assign: bool,
     max_rows: int,
     find_prefix: bool,
+    records: Inventory | None = None,
 ) -> StateDictReport:
-    strict = _attempt(root, loaded, strict=True, assign=assign)
     lenient = _attempt(root, loaded, strict=False, assign=assign)
+    # strict=True differs only by raising on missing or unexpected keys: when
+    # strict=False found none, strict=True loads too; else torch says how it fails.
+    clean = lenient.error is None and not lenient.missing and not lenient.unexpected
+    strict = lenient if clean else _attempt(root, loaded, strict=True, assign=assign)
     mismatched = {
         match["key"]: (_shape(match["checkpoint"]), _shape(match["module"]))
         for match in _SIZE_MISMATCH.finditer(lenient.error or "")
@@ -565,7 +569,7 @@ def _explain(
         base = _attempt(root, kept, strict=False, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
-    records = inventory(root)
+    records = records or inventory(root)
     kinds = {name: record.kind for record in records for name in record.names}
     ties: dict[int, list[str]] = {}
     for name, value in expected.items():
@@ -626,7 +630,12 @@ def _explain(
         action, prefix, count = found
         renamed = _renamed(loaded, action, prefix)
         after = _explain(
-            root, renamed, assign=assign, max_rows=max_rows, find_prefix=False
+            root,
+            renamed,
+            assign=assign,
+            max_rows=max_rows,
+            find_prefix=False,
+            records=records,
         )
         code = (
             "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("

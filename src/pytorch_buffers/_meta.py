@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,6 +46,12 @@ def meta_copy(module: nn.Module, tensors: Iterator[torch.Tensor]) -> nn.Module:
             twin = _meta_twin(tensor)
             if twin is not None:
                 memo[id(tensor)] = twin
+    # Every module holds a dozen hook dicts, nearly all empty; deepcopy rebuilds
+    # an OrderedDict or set slowly (through copyreg), so hand it fresh empty ones.
+    for submodule in module.modules():
+        for value in vars(submodule).values():
+            if isinstance(value, OrderedDict | set) and not value:
+                memo[id(value)] = type(value)()
     try:
         copied: nn.Module = copy.deepcopy(module, memo)
     except (
