@@ -17,7 +17,7 @@ from ._devices import DeviceMismatchError, check_devices
 from ._inventory import Inventory, TensorKind, TensorRecord, inventory
 from ._strays import Stray, StrayReport, find_strays
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DeviceMismatchError",
