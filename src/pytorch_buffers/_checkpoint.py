@@ -329,9 +329,9 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         else:
             head = (
-                f"Not in any checkpoint: {len(self.not_restored)} non-persistent "
-                "buffer(s) keep whatever the module holds (if you built it on meta and "
-                "called to_empty(), re-run their initialisation):"
+                f"{len(self.not_restored)} non-persistent buffer(s), in no checkpoint, "
+                "keep what the module holds (built on meta? compute them again after "
+                "to_empty()):"
             )
         return [head, *(f"  {name}" for name in names)]
 
