@@ -346,8 +346,8 @@ print(meta_report)
 
 # %%
 # Torch agrees that the checkpoint loads. After ``to_empty()`` and that
-# successful load, the table is not the one ``__init__`` computes (it holds
-# uninitialised memory, so what it holds differs from run to run); re-running
+# successful load, the table holds whatever that memory held before (the first
+# line below says whether it happens to be right on this run); re-running
 # ``reset_buffers()`` puts it right.
 
 meta_model.to_empty(device=device)
