@@ -194,3 +194,23 @@ def test_check_devices_groups_and_caps_its_message():
     assert lines[1].startswith("  *.mask (x200) (plain attribute) is on cpu")
     assert len(lines) == 2
     assert len(caught.value.misplaced) == 200
+
+
+def test_fsdp2_fully_shard_reports_the_model(tmp_path):
+    fully_shard = pytest.importorskip("torch.distributed.fsdp").fully_shard
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    expected = [r.names for r in pb.inventory(model)]
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        fully_shard(model[0])
+        fully_shard(model)
+        assert type(model[0].weight).__name__ == "DTensor"
+        assert [r.names for r in pb.inventory(model)] == expected
+        assert not pb.find_strays(model)
+        # FSDP2 refuses deepcopy, so there is no meta copy to ask: a clear error.
+        with pytest.raises(ValueError, match="FSDP does not support deepcopy"):
+            pb.explain_state_dict(model, model.state_dict())
+    finally:
+        dist.destroy_process_group()
