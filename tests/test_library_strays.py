@@ -214,3 +214,16 @@ def test_fsdp2_fully_shard_reports_the_model(tmp_path):
             pb.explain_state_dict(model, model.state_dict())
     finally:
         dist.destroy_process_group()
+
+
+def test_many_strays_print_grouped():
+    layers = [nn.Linear(2, 2) for _ in range(100)]
+    for layer in layers:
+        layer.mask = torch.ones(2)
+        layer.cache = [torch.zeros(1)]
+    report = pb.find_strays(nn.Sequential(*layers))
+    assert len(report) == 200
+    lines = str(report).splitlines()
+    assert lines[0] == "200 strays in 2 groups:"
+    assert lines[1].startswith("*.mask (x100), e.g. 0.mask: plain tensor attribute")
+    assert len(lines) == 5

@@ -47,6 +47,7 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _MAX_CONTAINER_DEPTH = 4
 _MAX_CONTAINER_ITEMS = 10_000
 _REBUILDING_HOOKS = (WeightNorm, SpectralNorm)
+_SCALARS = frozenset({int, float, bool, str, type(None)})
 
 
 @dataclass(frozen=True)
@@ -300,8 +301,10 @@ _class_tensors_of: dict[type, tuple[tuple[str, torch.Tensor], ...]] = {}
 
 def _rebuilt_by_hooks(module: nn.Module) -> set[str]:
     """Attributes the old ``weight_norm``/``spectral_norm`` recompute before each forward."""
-    hooks = module._forward_pre_hooks.values()  # no public way to list hooks
-    return {hook.name for hook in hooks if isinstance(hook, _REBUILDING_HOOKS)}
+    hooks = module._forward_pre_hooks  # no public way to list hooks
+    if not hooks:
+        return set()
+    return {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
 
 
 def _alias_probe() -> tuple[bool, bool]:
@@ -319,7 +322,8 @@ def _unregistered_tensors(
     """Tensors a module holds outside its parameters and buffers."""
     attributes = vars(module)
     for attribute, value in attributes.items():
-        if attribute not in _MODULE_INTERNALS:
+        # Most attributes are settings (in_features, eps...): skip them fast.
+        if attribute not in _MODULE_INTERNALS and type(value) not in _SCALARS:
             yield from scan.items(value, attribute)
     cls = type(module)
     if cls not in _class_tensors_of:
@@ -378,9 +382,11 @@ def inventory(module: nn.Module) -> Inventory:
         tensors[id(tensor)] = tensor
         found.setdefault((id(tensor), kind), []).append(name)
 
+    parameter_ids = set()
     for name, parameter in root.named_parameters(remove_duplicate=False):
         add(name, TensorKind.PARAMETER, parameter)
         registered.setdefault(id(parameter), []).append(name)
+        parameter_ids.add(id(parameter))
     for name, buffer in root.named_buffers(remove_duplicate=False):
         kind = TensorKind.BUFFER if name in saved else TensorKind.NON_PERSISTENT_BUFFER
         add(name, kind, buffer)
@@ -392,7 +398,6 @@ def inventory(module: nn.Module) -> Inventory:
             add(dotted + label, kind, tensor)
 
     parameter_alias_follows, buffer_alias_follows = _alias_probe()
-    parameter_ids = {id(p) for p in root.parameters()}
     records = []
     for (tensor_id, kind), names in found.items():
         tensor = tensors[tensor_id]

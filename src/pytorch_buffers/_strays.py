@@ -8,7 +8,17 @@ from typing import Self
 
 from torch import nn
 
-from ._inventory import TensorKind, TensorRecord, inventory, render_html, render_text
+from ._inventory import (
+    TensorKind,
+    TensorRecord,
+    inventory,
+    pattern,
+    render_html,
+    render_text,
+)
+
+# Beyond this many strays, the text groups them by layer stack.
+_MAX_LINES = 20
 from ._module import as_module
 
 
@@ -93,7 +103,8 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
 class StrayReport(tuple[Stray, ...]):
     """The strays of one module; empty (and falsy) when there are none.
 
-    ``notes`` says where the scan was cut short (see :func:`inventory`).
+    ``notes`` says where the scan was cut short (see :func:`inventory`). Printed,
+    more than 20 strays are grouped by layer stack (``layers.*.mask (x80)``).
     """
 
     notes: tuple[str, ...]
@@ -114,7 +125,23 @@ class StrayReport(tuple[Stray, ...]):
                     *cut,
                 ]
             )
-        return "\n".join([*(str(stray) for stray in self), *cut])
+        if len(self) <= _MAX_LINES:
+            return "\n".join([*(str(stray) for stray in self), *cut])
+        # Large models: one entry per layer stack, the first of each shown in full.
+        groups: dict[tuple[str, str], list[Stray]] = {}
+        for stray in self:
+            key = (pattern(stray.record.name), stray.record.kind.value)
+            groups.setdefault(key, []).append(stray)
+        lines = [f"{len(self)} strays in {len(groups)} groups:"]
+        for (name, _), members in list(groups.items())[:_MAX_LINES]:
+            first = members[0]
+            lines.append(
+                f"{name} (x{len(members)}), e.g. {first.record.name}: {first.problem}"
+                f"\n    fix: {first.fix}"
+            )
+        if len(groups) > _MAX_LINES:
+            lines.append(f"... and {len(groups) - _MAX_LINES} more groups")
+        return "\n".join([*lines, *cut])
 
     def _repr_html_(self) -> str:
         if not self:
