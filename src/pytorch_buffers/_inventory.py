@@ -65,7 +65,7 @@ class TensorRecord:
     shape: tuple[int, ...]
     nbytes: int
     saved_in_state_dict: bool
-    #: For a second reference to a registered tensor: that tensor's names.
+    #: The names of the registered tensor this one is a second reference to.
     alias_of: tuple[str, ...] = ()
     #: Whether ``.to()`` reaches it, when that is not decided by ``kind`` alone
     #: (an alias: torch updates a parameter in place, but replaces a buffer).
