@@ -277,17 +277,20 @@ class StateDictReport(tuple[KeyReport, ...]):
         fix = self.prefix_fix
         if fix is None:
             return []
-        where = "checkpoint's" if fix.action == "strip" else "module's"
+        where = (
+            f"{fix.keys} checkpoint keys start with {fix.prefix!r}, which the "
+            "module's keys lack"
+            if fix.action == "strip"
+            else f"the module's keys start with {fix.prefix!r}, which the "
+            f"checkpoint's {fix.keys} keys lack"
+        )
         after = (
             "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
             if fix.loads_strict_after
             else "after that, the problems below remain"
         )
         return [
-            (
-                f"{fix.keys} keys differ only by the prefix {fix.prefix!r} on the "
-                f"{where} side ({fix.source}). Fix:"
-            ),
+            f"Prefix: {where} ({fix.source}). Fix:",
             f"    {fix.code}",
             f"  {after}",
         ]
@@ -627,7 +630,7 @@ def _explain(
     details: dict[str, Any] = {}
     found = _find_prefix(base.missing, base.unexpected) if find_prefix else None
     if found is not None:
-        action, prefix, count = found
+        action, prefix, _ = found
         renamed = _renamed(loaded, action, prefix)
         after = _explain(
             root,
@@ -649,7 +652,11 @@ def _explain(
             if action == "add"
             else "saved from a model that holds this one under that name",
         )
-        prefix_fix = PrefixFix(prefix, action, count, source, code, after.loads_strict)
+        # Count what the fix renames: every checkpoint key it touches.
+        renames = sum(1 for key in loaded if action == "add" or key.startswith(prefix))
+        prefix_fix = PrefixFix(
+            prefix, action, renames, source, code, after.loads_strict
+        )
         details["remaining"] = tuple(after)
 
     non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
