@@ -297,3 +297,14 @@ def test_wrapped_checkpoint_hint():
     with pytest.raises(ValueError, match="pass key='model'"):
         pb.explain_state_dict(mlp(), state)
     assert pb.explain_state_dict(mlp(), state, key="model").loads_strict
+
+
+def test_safetensors_files(tmp_path: Path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(mlp().state_dict(), path)
+    assert pb.explain_state_dict(mlp(), path).loads_strict
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"broken\.safetensors.*safetensors file"):
+        pb.explain_state_dict(mlp(), broken)
