@@ -332,9 +332,9 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         else:
             head = (
-                f"{len(self.not_restored)} non-persistent buffer(s), in no checkpoint, "
-                "keep what the module holds (built on meta? compute them again after "
-                "to_empty()):"
+                f"{len(self.not_restored)} non-persistent buffer(s) are never loaded "
+                "from a checkpoint and keep what the module holds (built on meta? "
+                "compute them again after to_empty()):"
             )
         return [head, *(f"  {name}" for name in names)]
 
