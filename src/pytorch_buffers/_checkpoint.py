@@ -263,7 +263,13 @@ class StateDictReport(tuple[KeyReport, ...]):
                     "or filled through a tied tensor"
                 )
             else:
-                verdict = "loads, but is NOT safe: it would hide the rows marked 'no'"
+                skipped = sum(not r.safe_to_ignore for r in self.missing)
+                ignored = sum(not r.safe_to_ignore for r in self.unexpected)
+                verdict = (
+                    f"loads, but is NOT safe: {skipped} module key(s) would keep "
+                    f"their initial values, {ignored} checkpoint key(s) would be "
+                    "ignored"
+                )
             lines.append(f"{call.format(False)}: {verdict}")
         other_errors = [
             line.strip()
