@@ -111,6 +111,16 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
+@nox.session(reuse_venv=True)
+def build(session: nox.Session) -> None:
+    """Build the library's sdist and wheel into dist/ and check them."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "build"))
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist")
+    session.run("twine", "check", "--strict", *map(str, Path("dist").iterdir()))
+    session.run("check-wheel-contents", "dist")
+
+
 @nox.session(venv_backend="none")
 def clean(session: nox.Session) -> None:
     """Remove everything the docs build generates."""

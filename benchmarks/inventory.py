@@ -1,12 +1,21 @@
-"""How long pytorch_buffers takes on a deep model: ``python benchmarks/inventory.py``.
+"""How long pytorch_buffers takes on big models: ``python benchmarks/inventory.py``.
 
-Builds an ``nn.Sequential`` of 1,000 ``Linear`` layers (2,000 tensors) with a
-stray plain attribute in every tenth layer, then times ``inventory``,
-``find_strays`` and ``check_devices`` over repeated runs and prints medians.
+Two models:
+
+- a deep one: an ``nn.Sequential`` of 1,000 ``Linear`` layers (2,000 tensors)
+  with a stray plain attribute in every tenth layer;
+- a 70B-shaped one built on ``meta`` (no memory): 80 Llama-style blocks at
+  70B's sizes (hidden 8,192, MLP 28,672, vocabulary 128,256), each with a
+  non-persistent rotary table and a stray causal mask.
+
+Times ``inventory``, ``find_strays``, ``check_devices`` (which raises on the
+strays) and ``explain_state_dict`` (a checkpoint saved by DistributedDataParallel,
+every key prefixed ``module.``) over repeated runs and prints medians.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -17,14 +26,42 @@ from torch import nn
 import pytorch_buffers as pb
 
 LAYERS = 1000
-REPEATS = 15
+REPEATS = 7
 
 
-def build() -> nn.Module:
+def deep_model() -> nn.Module:
     layers = [nn.Linear(16, 16) for _ in range(LAYERS)]
     for layer in layers[::10]:
         layer.scale = torch.ones(16)  # a plain attribute: a stray
     return nn.Sequential(*layers)
+
+
+class Block(nn.Module):
+    def __init__(self, hidden: int, mlp: int, kv: int, context: int) -> None:
+        super().__init__()
+        self.input_norm = nn.RMSNorm(hidden)
+        self.q_proj = nn.Linear(hidden, hidden, bias=False)
+        self.k_proj = nn.Linear(hidden, kv, bias=False)
+        self.v_proj = nn.Linear(hidden, kv, bias=False)
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
+        self.post_norm = nn.RMSNorm(hidden)
+        self.gate_proj = nn.Linear(hidden, mlp, bias=False)
+        self.up_proj = nn.Linear(hidden, mlp, bias=False)
+        self.down_proj = nn.Linear(mlp, hidden, bias=False)
+        inv_freq = 1.0 / 500000 ** (torch.arange(0, 128, 2) / 128)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # A stray: a plain attribute, left on the CPU when the model is built on meta.
+        self.mask = torch.ones(context, context, dtype=torch.bool, device="cpu").tril()
+
+
+class Llama70BShaped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        hidden, mlp, kv, vocab, context = 8192, 28672, 1024, 128256, 64
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList(Block(hidden, mlp, kv, context) for _ in range(80))
+        self.norm = nn.RMSNorm(hidden)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
 
 
 def median_seconds(call: Callable[[], object]) -> float:
@@ -37,19 +74,43 @@ def median_seconds(call: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    model = build()
-    print(
-        f"torch {torch.__version__}; {LAYERS} layers, {len(pb.inventory(model))} tensors"
-    )
+def raises(call: Callable[[], object]) -> Callable[[], object]:
+    def run() -> None:
+        with contextlib.suppress(pb.DeviceMismatchError):
+            call()
+
+    return run
+
+
+def report(title: str, model: nn.Module, device: str) -> None:
+    """Times on ``model``; ``device`` is the one check_devices is asked about."""
+    plain = model.state_dict()
+    checkpoint = {f"module.{k}": v for k, v in plain.items()}
+    inv = pb.inventory(model)
+    print(f"{title}: {len(inv)} tensors, {sum(r.nbytes for r in inv) / 1e9:.1f} GB")
     for name, call in [
         ("inventory", lambda: pb.inventory(model)),
         ("find_strays", lambda: pb.find_strays(model)),
-        ("check_devices", lambda: pb.check_devices(model, "cpu")),
+        ("check_devices", raises(lambda: pb.check_devices(model, device))),
+        ("explain_state_dict", lambda: pb.explain_state_dict(model, checkpoint)),
+        # For scale: torch's own load of the same keys, unprefixed, into the model.
+        ("load_state_dict", lambda: model.load_state_dict(plain, assign=True)),
     ]:
         print(
-            f"{name:14} median {median_seconds(call) * 1000:7.1f} ms over {REPEATS} runs"
+            f"  {name:19} median {median_seconds(call) * 1000:8.1f} ms over {REPEATS} runs"
         )
+    try:
+        pb.check_devices(model, device)
+    except pb.DeviceMismatchError as error:
+        print(f"  check_devices message: {len(str(error).splitlines())} lines")
+
+
+def main() -> None:
+    print(f"torch {torch.__version__}")
+    report(f"{LAYERS} Linear layers", deep_model(), "meta")
+    with torch.device("meta"):
+        big = Llama70BShaped()
+    report("70B-shaped model on meta", big, "meta")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ the model runs, on any machine, and to explain a ``load_state_dict`` mismatch.
 .. note::
 
    Unlike the first three chapters, this one needs the library as well as
-   torch: in a clone of the guide's repository, install torch (see the README)
-   and then ``pip install -e .``.
+   torch. Install torch first (see the README), then the library from the
+   guide's repository:
+   ``pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"``.
 """
 
 # %%
@@ -25,7 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import pytorch_buffers as pb
+try:
+    import pytorch_buffers as pb
+except ModuleNotFoundError:
+    install = 'pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    msg = f"This chapter needs the pytorch_buffers library: {install}"
+    raise SystemExit(msg) from None
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/04_find_the_stray.png"
 
@@ -274,6 +280,95 @@ for problem in report:
 print(new_module.load_state_dict(state))
 
 # %%
+# A checkpoint saved from a wrapper
+# ---------------------------------
+# Checkpoints saved from ``nn.DataParallel``, ``DistributedDataParallel``,
+# ``torch.compile`` or a LightningModule carry the wrapper's attribute name in
+# every key. ``load_state_dict`` then reports every key twice, once missing and
+# once unexpected. The report finds the prefix instead, prints the line that
+# removes it, and says whether torch then loads the result with
+# ``strict=True``. It decides by loading the checkpoint into copies of the
+# model on the ``meta`` device, which hold no data.
+
+torch.manual_seed(0)
+wrapped = nn.DataParallel(FixedTinyGPT())  # on a machine without GPUs it just wraps
+wrapped_state = wrapped.state_dict()
+print(f"{len(wrapped_state)} keys, e.g. {next(iter(wrapped_state))!r}")
+prefix_report = pb.explain_state_dict(FixedTinyGPT(), wrapped_state)
+print(prefix_report)
+
+# %%
+# The line it printed, run as printed: torch's own helper strips the prefix in
+# place, and the strict load that failed now succeeds.
+
+torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(wrapped_state, "module.")
+print(FixedTinyGPT().load_state_dict(wrapped_state))
+# sphinx_gallery_start_ignore
+assert not prefix_report.loads_strict, "claim: the prefixed checkpoint fails strict"
+assert prefix_report.prefix_fix is not None, "claim: the report finds the prefix"
+assert prefix_report.prefix_fix.prefix == "module.", "claim: the prefix is 'module.'"
+assert prefix_report.prefix_fix.loads_strict_after, "claim: after the fix it loads"
+# sphinx_gallery_end_ignore
+
+# %%
+# Built on ``meta``: the buffers no checkpoint restores
+# -----------------------------------------------------
+# Large models are built on the ``meta`` device (no memory), given memory with
+# ``to_empty()``, then loaded from a checkpoint. Parameters and persistent
+# buffers come from the checkpoint. Non-persistent buffers are in no
+# checkpoint, so after ``to_empty()`` they hold whatever was in the fresh
+# memory, and ``load_state_dict`` still reports success. Here is a rotary
+# module whose frequency table is such a buffer. Its computation sits in a
+# ``reset_buffers()`` method, so it can be run again later.
+
+
+class RotaryAttention(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.register_buffer("inv_freq", torch.empty(dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self):
+        dim = 2 * self.inv_freq.numel()
+        steps = torch.arange(0, dim, 2, device=self.inv_freq.device)
+        with torch.no_grad():
+            self.inv_freq.copy_(1.0 / 10000 ** (steps / dim))
+
+
+torch.manual_seed(0)
+trained = RotaryAttention()
+checkpoint_state = trained.state_dict()
+with torch.device("meta"):
+    meta_model = RotaryAttention()
+meta_report = pb.explain_state_dict(meta_model, checkpoint_state)
+print(meta_report)
+
+# %%
+# Torch agrees that the checkpoint loads. After ``to_empty()`` and that
+# successful load, the table holds whatever that memory held before (the first
+# line below says whether it happens to be right on this run); re-running
+# ``reset_buffers()`` puts it right.
+
+meta_model.to_empty(device=device)
+print(meta_model.load_state_dict(checkpoint_state))
+garbage_matches = torch.equal(meta_model.inv_freq.cpu(), trained.inv_freq)
+print(f"after to_empty() and the load, inv_freq is right: {garbage_matches}")
+for module in meta_model.modules():
+    if isinstance(module, RotaryAttention):
+        module.reset_buffers()
+print(
+    "after reset_buffers(), inv_freq is right:",
+    torch.equal(meta_model.inv_freq.cpu(), trained.inv_freq),
+)
+# sphinx_gallery_start_ignore
+assert meta_report.loads_strict, "claim: torch loads the checkpoint strictly"
+assert meta_report.on_meta == ("inv_freq",), "claim: the report warns about inv_freq"
+assert "inv_freq" not in checkpoint_state, "claim: no checkpoint holds inv_freq"
+assert torch.equal(meta_model.inv_freq.cpu(), trained.inv_freq), "claim: fixed"
+# sphinx_gallery_end_ignore
+
+# %%
 # What to remember
 # ----------------
 # - ``pb.inventory(model)`` lists every tensor, registered or not, with its kind,
@@ -281,6 +376,9 @@ print(new_module.load_state_dict(state))
 # - ``pb.find_strays(model)`` names the tensors that will not follow the module,
 #   each with its one-line fix; ``pb.check_devices(model, device)`` after
 #   ``.to(device)`` turns a late ``RuntimeError`` into an early, precise one.
-# - ``pb.explain_state_dict(model, path)`` says which keys differ, what they are,
-#   and whether ``strict=False`` would be safe; prefer dropping the keys named
-#   safe and loading strictly.
+# - ``pb.explain_state_dict(model, path)`` lets torch load the checkpoint into a
+#   ``meta`` copy and explains the result: which keys differ, what they are,
+#   and whether ``strict=False`` would be safe (prefer dropping the keys named
+#   safe and loading strictly); a wrapper's prefix, with the line that removes
+#   it; and the non-persistent buffers no checkpoint restores, which a model
+#   built on ``meta`` must compute again after ``to_empty()``.

@@ -118,10 +118,19 @@ def test_find_the_stray(run_chapter):
         "str(pb.check_devices(fixed, target))",
         "[(r.key, r.problem.value, r.kind.value, r.safe_to_ignore) for r in report]",
         "str(target)",
+        "(prefix_report.prefix_fix.prefix, prefix_report.prefix_fix.action)",
+        "(meta_report.loads_strict, meta_report.on_meta)",
     )
-    attention_strays, model_strays, fixed_strays, fixed_device, report, target = (
-        run.facts
-    )
+    (
+        attention_strays,
+        model_strays,
+        fixed_strays,
+        fixed_device,
+        report,
+        target,
+        prefix,
+        meta,
+    ) = run.facts
     assert attention_strays == ["mask"]
     assert model_strays == sorted(
         [
@@ -144,6 +153,13 @@ def test_find_the_stray(run_chapter):
     assert report == [["mask", "unexpected", "non-persistent buffer", True]]
     assert 'Unexpected key(s) in state_dict: "mask"' in run.stdout
     assert "<All keys matched successfully>" in run.stdout
+    assert prefix == ["module.", "strip"]
+    assert (
+        "consume_prefix_in_state_dict_if_present(state_dict, 'module.')" in run.stdout
+    )
+    assert meta == [True, ["inv_freq"]]
+    assert "WARNING: 1 non-persistent buffer(s) are on the meta device" in run.stdout
+    assert "after reset_buffers(), inv_freq is right: True" in run.stdout
 
 
 def test_non_persistent_buffers(run_chapter):

@@ -6,18 +6,25 @@
 - :func:`explain_state_dict` explains a ``load_state_dict`` mismatch.
 """
 
-from ._checkpoint import KeyProblem, KeyReport, StateDictReport, explain_state_dict
+from ._checkpoint import (
+    KeyProblem,
+    KeyReport,
+    PrefixFix,
+    StateDictReport,
+    explain_state_dict,
+)
 from ._devices import DeviceMismatchError, check_devices
 from ._inventory import Inventory, TensorKind, TensorRecord, inventory
 from ._strays import Stray, StrayReport, find_strays
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DeviceMismatchError",
     "Inventory",
     "KeyProblem",
     "KeyReport",
+    "PrefixFix",
     "StateDictReport",
     "Stray",
     "StrayReport",

@@ -1,20 +1,25 @@
-"""Why ``load_state_dict`` complains: missing, unexpected and mis-shaped keys, explained."""
+"""Will this checkpoint load, and why not: torch loads it into a meta copy, then we explain."""
 
 from __future__ import annotations
 
+import importlib
 import os
-import pickle
-from collections.abc import Mapping
+import re
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._inventory import TensorKind, inventory, render_html, render_text
-from ._module import as_module
+from ._inventory import Inventory, TensorKind, inventory, pattern, render_text
+from ._meta import RecordCopies, meta_copy
+from ._module import as_module, wrapped_module
 
 
 class KeyProblem(Enum):
@@ -27,85 +32,415 @@ class KeyProblem(Enum):
 
 @dataclass(frozen=True)
 class KeyReport:
-    """One key ``load_state_dict`` would object to, and whether ``strict=False`` is safe."""
+    """One key ``load_state_dict`` objects to, and whether ``strict=False`` is safe for it.
+
+    ``checkpoint_shape`` and ``module_shape`` are set for shape mismatches.
+    """
 
     key: str
     problem: KeyProblem
     kind: TensorKind | None  # what the key is in the module; None: not in the module
     safe_to_ignore: bool
     advice: str
+    checkpoint_shape: tuple[int, ...] | None = None
+    module_shape: tuple[int, ...] | None = None
 
 
-def _advise(key: str, problem: KeyProblem, kind: TensorKind | None) -> tuple[bool, str]:
-    if problem is KeyProblem.SHAPE_MISMATCH:
-        return False, "shapes differ: load_state_dict fails even with strict=False"
-    if problem is KeyProblem.UNEXPECTED:
-        if kind is TensorKind.NON_PERSISTENT_BUFFER:
-            return True, (
-                "saved while the buffer was persistent; the module now rebuilds it, "
-                f"so drop the key: state_dict.pop({key!r})"
+@dataclass(frozen=True)
+class PrefixFix:
+    """Keys that differ only by a prefix, and the one line that renames them.
+
+    ``action`` is ``"strip"`` (the checkpoint's keys carry ``prefix``) or ``"add"``
+    (the module's keys do). ``keys`` counts the checkpoint keys it renames;
+    ``loads_strict_after`` is what torch said when the renamed checkpoint was
+    loaded with ``strict=True`` into a meta copy.
+    """
+
+    prefix: str
+    action: str
+    keys: int
+    source: str
+    code: str
+    loads_strict_after: bool
+
+
+# Where a prefix usually comes from, to name it in the report.
+_PREFIX_SOURCES = {
+    "module.": "DataParallel / DistributedDataParallel save their model under 'module.'",
+    "_orig_mod.": "torch.compile's wrapper keeps the model under '_orig_mod.'",
+    "model.": (
+        "a wrapper that holds the model as .model (a LightningModule, a "
+        "transformers *ForCausalLM)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What ``load_state_dict`` did on one meta copy."""
+
+    error: str | None
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    filled: frozenset[str]  # module keys whose tensor received a checkpoint value
+
+
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<key>\S+): copying a param with shape "
+    r"torch\.Size\(\[(?P<checkpoint>[\d, ]*)\]\) from checkpoint, the shape in "
+    r"current model is torch\.Size\(\[(?P<module>[\d, ]*)\]\)"
+)
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(size) for size in text.split(",") if size.strip())
+
+
+def _copy_for_loading(module: nn.Module) -> nn.Module:
+    """A meta copy whose ``load_state_dict`` behaves like ``module``'s.
+
+    Wrappers that cannot be copied (DistributedDataParallel) are rebuilt as a
+    plain module holding a copy of their model under the same attribute, so the
+    keys keep their prefix.
+    """
+    inner, attribute = wrapped_module(module)
+    if inner is module:
+        return meta_copy(module, iter(()))
+    # Named like the wrapper, so torch's messages name it as the real load would.
+    holder: nn.Module = type(type(module).__name__, (nn.Module,), {})()
+    holder.add_module(attribute, meta_copy(inner, iter(())))
+    return holder
+
+
+def _attempt(
+    module: nn.Module, state_dict: Mapping[str, Any], *, strict: bool, assign: bool
+) -> _Attempt:
+    twin = _copy_for_loading(module)
+    before = {
+        name: id(value) for name, value in twin.state_dict(keep_vars=True).items()
+    }
+    recorder = RecordCopies()
+    error = None
+    missing: Sequence[str] = ()
+    unexpected: Sequence[str] = ()
+    with warnings.catch_warnings():
+        # Copying into a meta tensor is a no-op, which torch warns about; that
+        # no-op is the point of the copy.
+        warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
+        try:
+            with recorder:
+                result = twin.load_state_dict(state_dict, strict=strict, assign=assign)
+            missing, unexpected = result.missing_keys, result.unexpected_keys
+        except Exception as caught:  # noqa: BLE001  (a module's load hook may raise anything)
+            error = (
+                str(caught)
+                if isinstance(caught, RuntimeError)
+                else f"{type(caught).__name__}: {caught}"
             )
-        return False, (
-            "not in the module: a renamed or removed tensor? strict=False would "
-            "silently ignore it"
-        )
-    if kind is TensorKind.PARAMETER:
-        return False, "the parameter would keep its random initial value"
-    return False, (
-        "the buffer would keep the value the module's __init__ gave it (e.g. reset "
-        "running statistics); safe only if that value is right"
+    filled = frozenset(
+        name
+        for name, value in twin.state_dict(keep_vars=True).items()
+        if id(value) != before.get(name) or id(value) in recorder.written
     )
+    return _Attempt(error, tuple(missing), tuple(unexpected), filled)
+
+
+def _find_prefix(
+    missing: Sequence[str], unexpected: Sequence[str]
+) -> tuple[str, str, int] | None:
+    """The prefix whose removal (or addition) turns most unexpected keys into missing ones."""
+    missing_set, unexpected_set = set(missing), set(unexpected)
+    votes: Counter[tuple[str, str]] = Counter()
+    for key in unexpected:
+        for index, char in enumerate(key):
+            if char == "." and key[index + 1 :] in missing_set:
+                votes["strip", key[: index + 1]] += 1
+    for key in missing:
+        for index, char in enumerate(key):
+            if char == "." and key[index + 1 :] in unexpected_set:
+                votes["add", key[: index + 1]] += 1
+    if not votes:
+        return None
+    (action, prefix), count = max(votes.items(), key=lambda item: item[1])
+    if count * 2 < len(unexpected):  # a coincidence, not a renamed checkpoint
+        return None
+    return action, prefix, count
+
+
+def _renamed(state_dict: Mapping[str, Any], action: str, prefix: str) -> dict[str, Any]:
+    renamed = dict(state_dict)
+    if action == "strip":
+        consume_prefix_in_state_dict_if_present(renamed, prefix)
+        return renamed
+    return {prefix + key: value for key, value in renamed.items()}
 
 
 class StateDictReport(tuple[KeyReport, ...]):
-    """The keys ``load_state_dict`` would object to; empty (and falsy) when it would load."""
+    """What ``load_state_dict`` does with a checkpoint, as torch did it on a meta copy.
+
+    The report is a tuple of :class:`KeyReport`, one per key ``strict=True``
+    objects to (empty and falsy when ``strict=True`` loads), with:
+
+    - ``loads_strict`` / ``loads_non_strict``: whether ``load_state_dict``
+      with ``strict=True`` / ``strict=False`` returns instead of raising;
+      ``strict_error`` / ``non_strict_error``: torch's message when it raises.
+    - ``safe_with_strict_false``: ``strict=False`` loads and loses nothing that
+      matters (every skipped key is rebuilt by the module or filled by a tie).
+    - ``prefix_fix``: a :class:`PrefixFix` when the keys differ by a prefix.
+    - ``not_restored``: the non-persistent buffers no checkpoint can restore;
+      ``on_meta``: those of them still on the ``meta`` device.
+    """
+
+    loads_strict: bool
+    loads_non_strict: bool
+    strict_error: str | None
+    non_strict_error: str | None
+    prefix_fix: PrefixFix | None
+    not_restored: tuple[str, ...]
+    on_meta: tuple[str, ...]
+    assign: bool
+    max_rows: int
+    _details: dict[str, Any]
+
+    def __new__(cls, rows: Sequence[KeyReport] = (), **facts: Any) -> Self:
+        report = super().__new__(cls, rows)
+        defaults: dict[str, Any] = {
+            "loads_strict": not rows,
+            "loads_non_strict": True,
+            "strict_error": None,
+            "non_strict_error": None,
+            "prefix_fix": None,
+            "not_restored": (),
+            "on_meta": (),
+            "assign": False,
+            "max_rows": 20,
+            "_details": {},
+        }
+        for name, value in {**defaults, **facts}.items():
+            setattr(report, name, value)
+        return report
+
+    @property
+    def missing(self) -> tuple[KeyReport, ...]:
+        """The module keys the checkpoint lacks."""
+        return tuple(r for r in self if r.problem is KeyProblem.MISSING)
+
+    @property
+    def unexpected(self) -> tuple[KeyReport, ...]:
+        """The checkpoint keys the module has no place for."""
+        return tuple(r for r in self if r.problem is KeyProblem.UNEXPECTED)
+
+    @property
+    def shape_mismatches(self) -> tuple[KeyReport, ...]:
+        """The keys whose shapes differ (``strict=False`` raises on them too)."""
+        return tuple(r for r in self if r.problem is KeyProblem.SHAPE_MISMATCH)
 
     @property
     def safe_with_strict_false(self) -> bool:
-        """Whether ``load_state_dict(..., strict=False)`` loses nothing that matters."""
-        return all(report.safe_to_ignore for report in self)
+        """Whether ``load_state_dict(..., strict=False)`` loads and loses nothing that matters."""
+        return self.loads_non_strict and all(r.safe_to_ignore for r in self)
+
+    def _verdict_lines(self) -> list[str]:
+        call = "load_state_dict(strict={}" + (", assign=True)" if self.assign else ")")
+        counts = Counter(r.problem.value for r in self)
+        summary = ", ".join(f"{n} {problem}" for problem, n in counts.items())
+        lines = [
+            f"{call.format(True)}: "
+            + ("loads" if self.loads_strict else f"raises ({summary or 'see below'})")
+        ]
+        if not self.loads_strict:
+            if not self.loads_non_strict:
+                reason = (
+                    "shapes differ: drop those keys (e.g. a new classifier head) and "
+                    "load the rest with strict=False"
+                    if self.shape_mismatches
+                    else (self.non_strict_error or "").splitlines()[-1].strip()
+                )
+                verdict = f"raises too ({reason})"
+            elif self.safe_with_strict_false:
+                verdict = (
+                    "loads, and is safe: every key it skips is rebuilt by the module "
+                    "or filled through a tied tensor"
+                )
+            else:
+                skipped = sum(not r.safe_to_ignore for r in self.missing)
+                ignored = sum(not r.safe_to_ignore for r in self.unexpected)
+                verdict = (
+                    f"loads, but is NOT safe: {skipped} module key(s) would keep "
+                    f"their initial values, {ignored} checkpoint key(s) would be "
+                    "ignored"
+                )
+            lines.append(f"{call.format(False)}: {verdict}")
+        other_errors = [
+            line.strip()
+            for line in (self.non_strict_error or "").splitlines()[1:]
+            if not _SIZE_MISMATCH.search(line)
+        ]
+        lines += [f"  torch: {line}" for line in other_errors]
+        return lines
+
+    def _prefix_lines(self) -> list[str]:
+        fix = self.prefix_fix
+        if fix is None:
+            return []
+        where = (
+            f"{fix.keys} checkpoint keys start with {fix.prefix!r}, which the "
+            "module's keys lack"
+            if fix.action == "strip"
+            else f"the module's keys start with {fix.prefix!r}, which the "
+            f"checkpoint's {fix.keys} keys lack"
+        )
+        after = (
+            "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
+            if fix.loads_strict_after
+            else "after that, the problems below remain"
+        )
+        return [
+            f"Prefix: {where} ({fix.source}). Fix:",
+            f"    {fix.code}",
+            f"  {after}",
+        ]
+
+    def _groups(self) -> list[tuple[str, ...]]:
+        shown: Sequence[KeyReport] = self._details.get("remaining", self)
+        groups: dict[tuple[Any, ...], list[KeyReport]] = {}
+        for r in shown:
+            shapes = (r.checkpoint_shape, r.module_shape)
+            signature = (r.problem, r.kind, r.safe_to_ignore, r.advice, shapes)
+            groups.setdefault((pattern(r.key), *signature), []).append(r)
+        rows: list[tuple[str, ...]] = []
+        for members in groups.values():
+            first = members[0]
+            name = first.key if len(members) == 1 else pattern(first.key)
+            count = f" (x{len(members)})" if len(members) > 1 else ""
+            rows.append(
+                (
+                    name + count,
+                    first.problem.value,
+                    first.kind.value if first.kind else "-",
+                    "yes" if first.safe_to_ignore else "no",
+                    first.advice,
+                )
+            )
+        return rows
+
+    def _not_restored_lines(self) -> list[str]:
+        if not self.not_restored:
+            return []
+        names = _capped(self.not_restored, self.max_rows)
+        if self.on_meta:
+            head = (
+                f"WARNING: {len(self.on_meta)} non-persistent buffer(s) are on the meta "
+                "device and no checkpoint restores them: after to_empty() they hold "
+                "uninitialised memory, and load_state_dict still reports success. "
+                "Re-run their initialisation after to_empty() (the code in the module's "
+                "__init__ that computes them):"
+            )
+        else:
+            head = (
+                f"{len(self.not_restored)} non-persistent buffer(s) are never loaded "
+                "from a checkpoint and keep what the module holds (built on meta? "
+                "compute them again after to_empty()):"
+            )
+        return [head, *(f"  {name}" for name in names)]
 
     def __str__(self) -> str:
-        if not self:
-            return "The state dict matches the module: load_state_dict(strict=True) will load it."
-        verdict = (
-            "strict=False is safe: only keys the module rebuilds itself differ."
-            if self.safe_with_strict_false
-            else "strict=False is NOT safe: it would hide the problems marked 'no'."
-        )
-        return render_text(_COLUMNS, [_row(report) for report in self]) + "\n" + verdict
+        lines = self._verdict_lines() + self._prefix_lines()
+        rows = self._groups()
+        if rows:
+            capped = rows[: self.max_rows]
+            lines.append(
+                render_text(
+                    ("key", "problem", "in the module", "safe to ignore", "advice"),
+                    capped,
+                )
+            )
+            if len(rows) > len(capped):
+                lines.append(
+                    f"... and {len(rows) - len(capped)} more groups (max_rows={self.max_rows})"
+                )
+        lines += self._not_restored_lines()
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def _repr_html_(self) -> str:
-        if not self:
-            return f"<p>{self}</p>"
-        return render_html(_COLUMNS, [_row(report) for report in self])
+        import html  # noqa: PLC0415  (only notebooks call this)
+
+        text = html.escape(str(self))
+        return f'<pre class="pytorch-buffers">{text}</pre>'
 
 
-_COLUMNS = ("key", "problem", "in the module", "safe to ignore", "advice")
+def _capped(names: Sequence[str], limit: int) -> list[str]:
+    """Names grouped by pattern (one line per layer stack), at most ``limit`` lines."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(pattern(name), []).append(name)
+    lines = [
+        members[0] if len(members) == 1 else f"{pattern} (x{len(members)})"
+        for pattern, members in groups.items()
+    ]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
+    return lines
 
 
-def _row(report: KeyReport) -> tuple[str, ...]:
-    kind = report.kind.value if report.kind else "-"
-    safe = "yes" if report.safe_to_ignore else "no"
-    return (report.key, report.problem.value, kind, safe, report.advice)
-
-
-def _load(path: Path) -> Any:
-    if not path.is_file():
-        msg = f"explain_state_dict() cannot read {str(path)!r}: no such file"
+def _load(path: Path, function: str) -> Any:
+    if path.is_dir():
+        weights = sorted(
+            p.name
+            for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+            for p in path.glob(pattern)
+        )
+        hint = (
+            f"pass one of the weights files inside it: {weights[:5]}"
+            if weights
+            else "pass the checkpoint file inside it"
+        )
+        msg = f"{function}() got the folder {str(path)!r}, not a file; {hint}"
         raise ValueError(msg)
+    if not path.is_file():
+        msg = f"{function}() cannot read {str(path)!r}: no such file"
+        raise ValueError(msg)
+    if path.stat().st_size == 0:
+        msg = f"{function}() cannot read {str(path)!r}: the file is empty (0 bytes); was the save interrupted?"
+        raise ValueError(msg)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, function)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+    except Exception as error:  # torch.load raises many types on a damaged file
+        first_line = (str(error).splitlines() or [""])[0]
         msg = (
-            f"explain_state_dict() cannot read {str(path)!r} as a checkpoint with "
-            f"torch.load(weights_only=True): {type(error).__name__}: "
-            f"{str(error).splitlines()[0]}"
+            f"{function}() cannot read {str(path)!r} as a checkpoint with "
+            f"torch.load(weights_only=True): {type(error).__name__}: {first_line}; "
+            "pass a file written by torch.save (a truncated or text file cannot be "
+            "read), or a .safetensors file"
         )
         raise ValueError(msg) from error
 
 
-def _as_state_dict(loaded: Any, key: str | None) -> Mapping[str, torch.Tensor]:
+def _load_safetensors(path: Path, function: str) -> Any:
+    try:
+        load_file = importlib.import_module("safetensors.torch").load_file
+    except ImportError as error:
+        msg = (
+            f"{function}() needs the safetensors package to read {str(path)!r}: "
+            "pip install safetensors"
+        )
+        raise ValueError(msg) from error
+    try:
+        return load_file(path, device="cpu")
+    except Exception as error:  # safetensors raises its own error types
+        msg = (
+            f"{function}() cannot read {str(path)!r} as a safetensors file: "
+            f"{type(error).__name__}: {error}"
+        )
+        raise ValueError(msg) from error
+
+
+def _as_state_dict(loaded: Any, key: str | None) -> Mapping[str, Any]:
     if key is not None:
         if not isinstance(loaded, Mapping) or key not in loaded:
             found = sorted(map(str, loaded)) if isinstance(loaded, Mapping) else []
@@ -118,43 +453,94 @@ def _as_state_dict(loaded: Any, key: str | None) -> Mapping[str, torch.Tensor]:
             f"got {type(loaded).__name__}"
         )
         raise TypeError(msg)
-    not_tensors = [
-        name for name, value in loaded.items() if not isinstance(value, torch.Tensor)
-    ]
-    if not_tensors:
+    if loaded and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+        wrapped = [name for name, value in loaded.items() if isinstance(value, Mapping)]
+        hint = (
+            f"; it looks like a wrapper: pass key={wrapped[0]!r}"
+            if wrapped
+            else "; if the checkpoint wraps the state dict, pass key='model'"
+        )
         msg = (
-            "explain_state_dict() expects a mapping of names to tensors, but "
-            f"{not_tensors[:5]} are not tensors; if the checkpoint wraps the state "
-            "dict (e.g. {'model': ..., 'optimizer': ...}), pass key='model'"
+            "explain_state_dict() expects a mapping of names to tensors, but none of "
+            f"its values ({list(loaded)[:5]}) are tensors{hint}"
         )
         raise ValueError(msg)
     return loaded
 
 
+def _advice_missing(
+    kind: TensorKind | None, partners: Sequence[str], *, filled: bool
+) -> str:
+    if partners and filled:
+        return (
+            f"filled anyway: it is the same tensor as {partners[0]}, which the "
+            "checkpoint has (tied weights)"
+        )
+    if partners:
+        return (
+            f"assign=True gives {partners[0]} the checkpoint's tensor and leaves this "
+            "one as it was: the tie is broken; tie them again after loading"
+        )
+    if kind is TensorKind.PARAMETER:
+        return "the parameter would keep its random initial value"
+    return (
+        "the buffer would keep the value the module's __init__ gave it (e.g. reset "
+        "running statistics); safe only if that value is right"
+    )
+
+
+def _advice_unexpected(kind: TensorKind | None) -> str:
+    if kind is TensorKind.NON_PERSISTENT_BUFFER:
+        return (
+            "saved while the buffer was persistent; the module now rebuilds it, so "
+            "drop the key (state_dict.pop(key))"
+        )
+    return "not in the module: a renamed or removed tensor? strict=False would silently ignore it"
+
+
 def explain_state_dict(
     module: nn.Module,
-    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike[str],
+    state_dict: Mapping[str, Any] | str | os.PathLike[str],
     *,
     key: str | None = None,
+    assign: bool = False,
+    max_rows: int = 20,
 ) -> StateDictReport:
-    """Explain what ``module.load_state_dict(state_dict)`` would object to, without loading.
+    """Explain what ``module.load_state_dict(state_dict)`` would do, without loading it.
 
-    ``state_dict`` is a mapping of names to tensors, or the path of a checkpoint,
-    which is read with ``torch.load(..., weights_only=True)`` onto the CPU. Use
-    ``key`` when the checkpoint wraps the state dict (``key="model"``). For each
-    missing, unexpected or mis-shaped key the report says what it is in the
-    module (parameter, buffer, non-persistent buffer, or absent) and whether
-    ``strict=False`` could safely ignore it. Nothing in the module is changed.
+    Torch itself decides: the checkpoint is loaded, with ``strict=True`` and
+    with ``strict=False``, into copies of ``module`` on the ``meta`` device
+    (which hold no data), so each module's own ``_load_from_state_dict`` and
+    load hooks run. The report then explains each key torch objected to: what
+    it is in the module, whether ``strict=False`` could skip it safely, both
+    shapes of a shape mismatch, a prefix that renames every key (``module.``,
+    ``_orig_mod.``...) with the line that fixes it, and the non-persistent
+    buffers no checkpoint restores.
+
+    ``state_dict`` is a mapping of names to tensors (non-tensor entries such as
+    extra state are fine), or the path of a ``torch.save`` checkpoint (read with
+    ``torch.load(..., weights_only=True)`` onto the CPU) or of a ``.safetensors``
+    file. Use ``key`` when the checkpoint wraps the state dict
+    (``key="model"``), ``assign=True`` for the verdict of
+    ``load_state_dict(..., assign=True)``, and ``max_rows`` to cap the rows of
+    the printed report. Nothing in the module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or ``state_dict`` is not
             a mapping or a path.
-        ValueError: if the path cannot be read as a checkpoint, ``key`` is not in
-            it, or its values are not tensors.
+        ValueError: if the path cannot be read as a checkpoint (empty, truncated,
+            a text file, a folder), ``key`` is not in it, none of its values are
+            tensors, or the module cannot be copied.
     """
-    root = as_module(module, function="explain_state_dict")
+    root = as_module(module, function="explain_state_dict", look_through=False)
+    if not isinstance(assign, bool):  # untyped callers
+        msg = f"explain_state_dict() expects assign to be True or False, got {assign!r}"  # type: ignore[unreachable]
+        raise TypeError(msg)
+    if not isinstance(max_rows, int) or max_rows < 1:
+        msg = f"explain_state_dict() expects max_rows to be a positive int, got {max_rows!r}"
+        raise ValueError(msg)
     if isinstance(state_dict, str | os.PathLike):
-        loaded = _as_state_dict(_load(Path(state_dict)), key)
+        loaded = _as_state_dict(_load(Path(state_dict), "explain_state_dict"), key)
     elif isinstance(state_dict, Mapping):
         loaded = _as_state_dict(state_dict, key)
     else:  # untyped callers
@@ -163,23 +549,144 @@ def explain_state_dict(
             f"{type(state_dict).__name__}"
         )
         raise TypeError(msg)
+    return _explain(root, loaded, assign=assign, max_rows=max_rows, find_prefix=True)
+
+
+def _explain(
+    root: nn.Module,
+    loaded: Mapping[str, Any],
+    *,
+    assign: bool,
+    max_rows: int,
+    find_prefix: bool,
+    records: Inventory | None = None,
+) -> StateDictReport:
+    lenient = _attempt(root, loaded, strict=False, assign=assign)
+    # strict=True differs only by raising on missing or unexpected keys: when
+    # strict=False found none, strict=True loads too; else torch says how it fails.
+    clean = lenient.error is None and not lenient.missing and not lenient.unexpected
+    strict = lenient if clean else _attempt(root, loaded, strict=True, assign=assign)
+    mismatched = {
+        match["key"]: (_shape(match["checkpoint"]), _shape(match["module"]))
+        for match in _SIZE_MISMATCH.finditer(lenient.error or "")
+    }
+    # strict=False raised: load again without the mis-shaped keys to learn what
+    # else torch would skip (and that dropping them is the fix).
+    base = lenient
+    if lenient.error is not None and mismatched:
+        kept = {k: v for k, v in loaded.items() if k not in mismatched}
+        base = _attempt(root, kept, strict=False, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
-    kinds = {name: record.kind for record in inventory(root) for name in record.names}
-    reports = []
-    for name in expected:
-        if name not in loaded:
-            problem = KeyProblem.MISSING
-        elif tuple(loaded[name].shape) != tuple(expected[name].shape):
-            problem = KeyProblem.SHAPE_MISMATCH
-        else:
-            continue
-        safe, advice = _advise(name, problem, kinds.get(name))
-        reports.append(KeyReport(name, problem, kinds.get(name), safe, advice))
-    for name in loaded:
-        if name not in expected:
-            safe, advice = _advise(name, KeyProblem.UNEXPECTED, kinds.get(name))
-            reports.append(
-                KeyReport(name, KeyProblem.UNEXPECTED, kinds.get(name), safe, advice)
+    records = records or inventory(root)
+    kinds = {name: record.kind for record in records for name in record.names}
+    ties: dict[int, list[str]] = {}
+    for name, value in expected.items():
+        ties.setdefault(id(value), []).append(name)
+
+    rows: list[KeyReport] = []
+    for name, (checkpoint_shape, module_shape) in mismatched.items():
+        advice = (
+            f"checkpoint {list(checkpoint_shape)} vs module {list(module_shape)}: "
+            "strict=False still raises; drop the key and load with strict=False"
+        )
+        rows.append(
+            KeyReport(
+                name,
+                KeyProblem.SHAPE_MISMATCH,
+                kinds.get(name),
+                False,
+                advice,
+                checkpoint_shape,
+                module_shape,
             )
-    return StateDictReport(reports)
+        )
+    for name in base.missing:
+        if name in mismatched:
+            continue
+        partners = [
+            other
+            for other in ties.get(id(expected.get(name)), [])
+            if other != name and other in loaded
+        ]
+        kind = kinds.get(name)
+        filled = name in base.filled
+        rows.append(
+            KeyReport(
+                name,
+                KeyProblem.MISSING,
+                kind,
+                filled and bool(partners),
+                _advice_missing(kind, partners, filled=filled),
+            )
+        )
+    for name in base.unexpected:
+        kind = kinds.get(name)
+        rows.append(
+            KeyReport(
+                name,
+                KeyProblem.UNEXPECTED,
+                kind,
+                kind is TensorKind.NON_PERSISTENT_BUFFER,
+                _advice_unexpected(kind),
+            )
+        )
+
+    prefix_fix = None
+    details: dict[str, Any] = {}
+    found = _find_prefix(base.missing, base.unexpected) if find_prefix else None
+    if found is not None:
+        action, prefix, _ = found
+        renamed = _renamed(loaded, action, prefix)
+        after = _explain(
+            root,
+            renamed,
+            assign=assign,
+            max_rows=max_rows,
+            find_prefix=False,
+            records=records,
+        )
+        code = (
+            "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
+            f"state_dict, {prefix!r})"
+            if action == "strip"
+            else f"state_dict = {{{prefix!r} + key: value for key, value in state_dict.items()}}"
+        )
+        source = _PREFIX_SOURCES.get(
+            prefix,
+            "saved from the model inside this one, e.g. a base model"
+            if action == "add"
+            else "saved from a model that holds this one under that name",
+        )
+        # Count what the fix renames: every checkpoint key it touches.
+        renames = sum(1 for key in loaded if action == "add" or key.startswith(prefix))
+        prefix_fix = PrefixFix(
+            prefix, action, renames, source, code, after.loads_strict
+        )
+        details["remaining"] = tuple(after)
+
+    non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
+    return StateDictReport(
+        rows,
+        loads_strict=strict.error is None,
+        loads_non_strict=lenient.error is None,
+        strict_error=strict.error,
+        non_strict_error=lenient.error,
+        prefix_fix=prefix_fix,
+        not_restored=tuple(name for r in non_persistent for name in r.names),
+        on_meta=tuple(
+            name for r in non_persistent if r.device.type == "meta" for name in r.names
+        ),
+        assign=assign,
+        max_rows=max_rows,
+        _details=details,
+    )
+
+
+__all__ = [
+    "KeyProblem",
+    "KeyReport",
+    "PrefixFix",
+    "StateDictReport",
+    "explain_state_dict",
+]

@@ -8,8 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inventory import TensorKind, inventory
-from ._module import as_device, as_module, device_matches
+from ._inventory import TensorKind, TensorRecord, inventory, pattern
+from ._module import as_device, as_module, device_matches, device_missing
+
+# At most this many lines of misplaced tensors (grouped by layer stack).
+MAX_LINES = 20
 
 
 class DeviceMismatchError(RuntimeError):
@@ -24,6 +27,8 @@ class DeviceMismatchError(RuntimeError):
 
 
 def _how_to_fix(kind: TensorKind, attribute: str) -> str:
+    if kind is TensorKind.UNREGISTERED_MODULE:
+        return "hold the module in nn.ModuleList/ModuleDict so .to() moves it"
     if kind is TensorKind.ATTRIBUTE:
         return (
             f'register it: self.register_buffer("{attribute}", ...) so .to() moves it'
@@ -42,8 +47,9 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     parameters (or of all tensors, for a module without parameters). Plain
     tensor attributes and tensors in list/dict attributes are checked too; they
     are the ones ``.to()`` leaves behind. The message names each misplaced
-    tensor, where it is, where it should be, and the fix. Nothing in the module
-    is changed.
+    tensor, where it is, where it should be, and the fix; beyond 20 tensors,
+    one line per layer stack (``layers.*.attn.mask (x80)``), at most 20 lines. Nothing in the
+    module is changed.
 
     Returns:
         The device the module is on (the given ``device`` when one was given).
@@ -51,11 +57,17 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or ``device`` is not a
             ``str``/``torch.device``.
-        ValueError: if ``device`` is a string torch does not recognise.
+        ValueError: if ``device`` is a string torch does not recognise, or a
+            device this machine's torch does not have (``"cuda"`` without a GPU).
         DeviceMismatchError: if some tensor is elsewhere.
     """
     root = as_module(module, function="check_devices")
     expected = None if device is None else as_device(device, function="check_devices")
+    if expected is not None:
+        missing = device_missing(expected)
+        if missing:
+            msg = f"check_devices() got device={str(expected)!r}, but {missing}"
+            raise ValueError(msg)
     records = list(inventory(root))
     if not records:
         return expected or torch.device("cpu")
@@ -66,15 +78,25 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     misplaced = [r for r in records if not device_matches(r.device, expected)]
     if not misplaced:
         return expected
-    lines = [
-        (
-            f"{len(misplaced)} of {len(records)} tensors of {type(root).__name__} are not on "
-            f"{expected}:"
+    header = (
+        f"{len(misplaced)} of {len(records)} tensors of {type(root).__name__} are not on "
+        f"{expected}:"
+    )
+    # One line per tensor while that stays short; else one per layer stack.
+    grouped = len(misplaced) > MAX_LINES
+    groups: dict[tuple[str, ...], list[TensorRecord]] = {}
+    for r in misplaced:
+        fix = _how_to_fix(r.kind, r.attribute)
+        name = pattern(r.name) if grouped else r.name
+        groups.setdefault((name, r.kind.value, str(r.device), fix), []).append(r)
+    lines = [header]
+    for (name_pattern, kind, where, fix), members in groups.items():
+        name = ", ".join(members[0].names) if len(members) == 1 else name_pattern
+        count = f" (x{len(members)})" if len(members) > 1 else ""
+        lines.append(
+            f"  {name}{count} ({kind}) is on {where}, expected {expected}; fix: {fix}"
         )
-    ]
-    lines += [
-        f"  {', '.join(r.names)} ({r.kind.value}) is on {r.device}, expected {expected}; "
-        f"fix: {_how_to_fix(r.kind, r.attribute)}"
-        for r in misplaced
-    ]
+    if len(lines) > MAX_LINES + 1:
+        more = len(lines) - 1 - MAX_LINES
+        lines = [*lines[: MAX_LINES + 1], f"  ... and {more} more groups"]
     raise DeviceMismatchError("\n".join(lines), {r.name: r.device for r in misplaced})

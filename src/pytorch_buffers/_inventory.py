@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from types import SimpleNamespace
 from typing import Any, overload
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ._module import as_module
 
@@ -22,6 +28,7 @@ class TensorKind(Enum):
     NON_PERSISTENT_BUFFER = "non-persistent buffer"
     ATTRIBUTE = "plain attribute"
     CONTAINER_ITEM = "in a container attribute"
+    UNREGISTERED_MODULE = "in an unregistered module"
 
     @property
     def moved_by_to(self) -> bool:
@@ -35,8 +42,12 @@ _REGISTERED = frozenset(
 
 # Attributes every nn.Module has (hook dicts, _parameters...): never user tensors.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
-# How deep to look into lists/dicts of lists/dicts held as attributes.
+# How deep to look into lists/dicts of lists/dicts held as attributes, and how
+# many items of one container to look at (a million-entry list stays fast).
 _MAX_CONTAINER_DEPTH = 4
+_MAX_CONTAINER_ITEMS = 10_000
+_REBUILDING_HOOKS = (WeightNorm, SpectralNorm)
+_SCALARS = frozenset({int, float, bool, str, type(None)})
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,16 @@ class TensorRecord:
     shape: tuple[int, ...]
     nbytes: int
     saved_in_state_dict: bool
+    #: The names of the registered tensor this one is a second reference to.
+    alias_of: tuple[str, ...] = ()
+    #: Whether ``.to()`` reaches it, when that is not decided by ``kind`` alone
+    #: (an alias: torch updates a parameter in place, but replaces a buffer).
+    moved: bool | None = None
+    #: An attribute a forward pre-hook recomputes (the old ``weight_norm``).
+    rebuilt_by_hook: bool = False
+    #: False for a lazy module's parameter before its first forward.
+    initialized: bool = True
+    tensor_id: int = field(default=0, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -62,8 +83,8 @@ class TensorRecord:
 
     @property
     def moved_by_to(self) -> bool:
-        """Whether ``module.to(device)`` moves this tensor."""
-        return self.kind.moved_by_to
+        """Whether ``module.to(device)`` moves this tensor (or the module's view of it)."""
+        return self.kind.moved_by_to if self.moved is None else self.moved
 
     @property
     def module_path(self) -> str:
@@ -82,16 +103,30 @@ _COLUMNS = ("name", "kind", "device", "dtype", "shape", "bytes", ".to()", "saved
 
 
 def _row(record: TensorRecord) -> tuple[str, ...]:
+    alias = f" (= {record.alias_of[0]})" if record.alias_of else ""
+    if not record.initialized:
+        shape = "uninitialized"
+    else:
+        shape = "x".join(map(str, record.shape)) or "scalar"
+    if record.rebuilt_by_hook:
+        moved = "rebuilt by hook"
+    else:
+        moved = "moved" if record.moved_by_to else "NOT moved"
     return (
-        ", ".join(record.names),
+        ", ".join(record.names) + alias,
         record.kind.value,
         str(record.device),
         str(record.dtype).removeprefix("torch."),
-        "x".join(map(str, record.shape)) or "scalar",
+        shape,
         f"{record.nbytes:,}",
-        "moved" if record.moved_by_to else "NOT moved",
+        moved,
         "saved" if record.saved_in_state_dict else "not saved",
     )
+
+
+def pattern(name: str) -> str:
+    """``layers.3.attn.q.weight`` -> ``layers.*.attn.q.weight``: one line per layer stack."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
 
 
 def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -125,8 +160,12 @@ def render_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 class Inventory(Sequence[TensorRecord]):
     """The tensors of one module: parameters, then buffers, then unregistered tensors."""
 
-    def __init__(self, records: Sequence[TensorRecord]) -> None:
+    def __init__(
+        self, records: Sequence[TensorRecord], *, notes: Sequence[str] = ()
+    ) -> None:
         self._records = tuple(records)
+        #: Where the scan was cut short (container depth or size), one line each.
+        self.notes = tuple(notes)
 
     @overload
     def __getitem__(self, index: int) -> TensorRecord: ...
@@ -159,12 +198,18 @@ class Inventory(Sequence[TensorRecord]):
     @property
     def nbytes(self) -> int:
         """Bytes held by all listed tensors (each shared tensor counted once)."""
-        return sum(record.nbytes for record in self._records)
+        counted: dict[int, int] = {}
+        for index, record in enumerate(self._records):
+            counted[record.tensor_id or -1 - index] = record.nbytes
+        return sum(counted.values())
 
     def __str__(self) -> str:
-        if not self._records:
-            return "(no tensors)"
-        return render_text(_COLUMNS, [_row(record) for record in self._records])
+        table = (
+            render_text(_COLUMNS, [_row(record) for record in self._records])
+            if self._records
+            else "(no tensors)"
+        )
+        return "\n".join([table, *(f"scan cut short: {note}" for note in self.notes)])
 
     def __repr__(self) -> str:
         return str(self)
@@ -173,38 +218,119 @@ class Inventory(Sequence[TensorRecord]):
         return render_html(_COLUMNS, [_row(record) for record in self._records])
 
 
-def _container_items(
-    value: Any, label: str, depth: int = 0
-) -> Iterator[tuple[str, Any]]:
-    """``(label[index], item)`` for tensors inside lists, tuples and dicts."""
-    if depth > _MAX_CONTAINER_DEPTH:
-        return
+class _Scan:
+    """Walks the Python objects a module holds, looking for tensors ``.to()`` cannot see.
+
+    Scanned: plain attributes, class attributes, lists, tuples, dicts, sets,
+    dataclass and ``SimpleNamespace`` objects, and modules held in any of them
+    (not registered: ``.to()`` and ``state_dict()`` skip them). Not scanned:
+    other objects' attributes. A scan stops ``_MAX_CONTAINER_DEPTH`` containers
+    deep and after ``_MAX_CONTAINER_ITEMS`` items of one container, and says so
+    in ``notes``.
+    """
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def items(
+        self, value: Any, label: str, depth: int = 0
+    ) -> Iterator[tuple[str, TensorKind, torch.Tensor]]:
+        if isinstance(value, torch.Tensor):
+            kind = TensorKind.CONTAINER_ITEM if depth else TensorKind.ATTRIBUTE
+            yield label, kind, value
+            return
+        if isinstance(value, nn.Module):
+            for name, tensor in (
+                *value.named_parameters(remove_duplicate=False),
+                *value.named_buffers(remove_duplicate=False),
+            ):
+                yield f"{label}.{name}", TensorKind.UNREGISTERED_MODULE, tensor
+            return
+        entries = _entries(value, label)
+        if entries is None:
+            return
+        size, pairs = entries
+        if depth >= _MAX_CONTAINER_DEPTH:
+            if size:
+                self.notes.append(
+                    f"{label}: not scanned, {depth} containers deep "
+                    f"(the limit is {_MAX_CONTAINER_DEPTH})"
+                )
+            return
+        if size > _MAX_CONTAINER_ITEMS:
+            self.notes.append(
+                f"{label}: scanned the first {_MAX_CONTAINER_ITEMS:,} of its "
+                f"{size:,} items"
+            )
+        for item_label, item in itertools.islice(pairs, _MAX_CONTAINER_ITEMS):
+            yield from self.items(item, item_label, depth + 1)
+
+
+def _entries(value: Any, label: str) -> tuple[int, Iterator[tuple[str, Any]]] | None:
+    """``(size, (label, item) pairs)`` for the containers the scan looks into."""
     if isinstance(value, Mapping):
-        entries: Iterator[tuple[Any, Any]] = iter(value.items())
-    elif isinstance(value, list | tuple):
-        entries = enumerate(value)
-    else:
-        return
-    for key, item in entries:
-        item_label = f"{label}[{key!r}]"
-        if isinstance(item, torch.Tensor):
-            yield item_label, item
-        else:
-            yield from _container_items(item, item_label, depth + 1)
+        return len(value), ((f"{label}[{k!r}]", v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return len(value), ((f"{label}[{i}]", v) for i, v in enumerate(value))
+    if isinstance(value, set | frozenset):
+        return len(value), ((f"{label}{{#{i}}}", v) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [f.name for f in dataclasses.fields(value)]
+        return len(fields), ((f"{label}.{f}", getattr(value, f)) for f in fields)
+    if isinstance(value, SimpleNamespace):
+        return len(vars(value)), ((f"{label}.{k}", v) for k, v in vars(value).items())
+    return None
+
+
+def _class_tensors(cls: type) -> tuple[tuple[str, torch.Tensor], ...]:
+    """Tensors defined in the class body of a module class (shared by its instances)."""
+    found: dict[str, torch.Tensor] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.startswith("torch.") or klass is object:
+            continue
+        found.update(
+            (name, value)
+            for name, value in vars(klass).items()
+            if isinstance(value, torch.Tensor)
+        )
+    return tuple(found.items())
+
+
+_class_tensors_of: dict[type, tuple[tuple[str, torch.Tensor], ...]] = {}
+
+
+def _rebuilt_by_hooks(module: nn.Module) -> set[str]:
+    """Attributes the old ``weight_norm``/``spectral_norm`` recompute before each forward."""
+    hooks = module._forward_pre_hooks  # no public way to list hooks
+    if not hooks:
+        return set()
+    return {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
+
+
+def _alias_probe() -> tuple[bool, bool]:
+    """Ask torch: after ``.to()``, does a second reference still see the parameter / buffer?"""
+    probe = nn.Linear(1, 1)
+    probe.register_buffer("table", torch.zeros(1))
+    weight, table = probe.weight, probe.table
+    probe.to(torch.float64)
+    return weight is probe.weight, table is probe.table
 
 
 def _unregistered_tensors(
-    module: nn.Module,
+    module: nn.Module, scan: _Scan
 ) -> Iterator[tuple[str, TensorKind, torch.Tensor]]:
-    """Tensors in a module's own ``__dict__``: plain attributes and container items."""
-    for attribute, value in vars(module).items():
-        if attribute in _MODULE_INTERNALS:
-            continue
-        if isinstance(value, torch.Tensor):
-            yield attribute, TensorKind.ATTRIBUTE, value
-        else:
-            for label, item in _container_items(value, attribute):
-                yield label, TensorKind.CONTAINER_ITEM, item
+    """Tensors a module holds outside its parameters and buffers."""
+    attributes = vars(module)
+    for attribute, value in attributes.items():
+        # Most attributes are settings (in_features, eps...): skip them fast.
+        if attribute not in _MODULE_INTERNALS and type(value) not in _SCALARS:
+            yield from scan.items(value, attribute)
+    cls = type(module)
+    if cls not in _class_tensors_of:
+        _class_tensors_of[cls] = _class_tensors(cls)
+    for attribute, tensor in _class_tensors_of[cls]:
+        if attribute not in attributes:
+            yield attribute, TensorKind.ATTRIBUTE, tensor
 
 
 def _tensor_nbytes(tensor: torch.Tensor) -> int:
@@ -216,11 +342,30 @@ def inventory(module: nn.Module) -> Inventory:
 
     Parameters and buffers come from ``named_parameters``/``named_buffers``
     (so ``nn.ModuleList``, ``ModuleDict`` and ``ParameterList`` are covered), and
-    persistence from the keys of ``state_dict()``. Plain tensor attributes, and
-    tensors inside list, tuple and dict attributes, come from each submodule's
-    ``__dict__``. A tensor reachable under several names of the same kind (tied
-    weights) is listed once with all its names. A buffer registered as ``None``
-    holds no tensor and is not listed. Nothing in the module is changed.
+    persistence from the keys of ``state_dict()``. Each submodule's own
+    attributes are scanned for what ``.to()`` and ``state_dict()`` do not see:
+
+    - plain tensor attributes, and tensors defined in the module's class body;
+    - tensors inside lists, tuples, dicts, sets, dataclass and
+      ``SimpleNamespace`` objects (4 levels deep, the first 10,000 items of each;
+      ``Inventory.notes`` says where a scan was cut short);
+    - modules held in such containers instead of ``nn.ModuleList``/``ModuleDict``
+      (kind ``UNREGISTERED_MODULE``: ``.to()`` and ``state_dict()`` skip them);
+    - second references to a registered tensor (``alias_of``): torch is asked
+      whether ``.to()`` keeps them current (it updates a parameter in
+      place, so the alias follows; it gives a buffer a new tensor, so the alias
+      goes stale), by moving a probe module;
+    - attributes the old ``weight_norm``/``spectral_norm`` rebuild before each
+      forward (``rebuilt_by_hook``), which are not strays.
+
+    0-d tensors count like any other. Other objects' attributes are not
+    scanned. A tensor reachable under several names of the same kind (tied
+    weights) is listed once with all its names; a lazy module's parameter
+    before its first forward is listed as uninitialized; a buffer registered as
+    ``None`` holds no tensor and is not listed. Wrappers (``torch.compile``,
+    ``DataParallel``, ``DistributedDataParallel``) are looked through: the
+    model inside is listed, not the wrapper's bookkeeping. Nothing in the
+    module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module``.
@@ -229,32 +374,57 @@ def inventory(module: nn.Module) -> Inventory:
     saved = set(root.state_dict(keep_vars=True))
     found: dict[tuple[int, TensorKind], list[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
+    registered: dict[int, list[str]] = {}
+    rebuilt: set[str] = set()
+    scan = _Scan()
 
     def add(name: str, kind: TensorKind, tensor: torch.Tensor) -> None:
         tensors[id(tensor)] = tensor
         found.setdefault((id(tensor), kind), []).append(name)
 
+    parameter_ids = set()
     for name, parameter in root.named_parameters(remove_duplicate=False):
         add(name, TensorKind.PARAMETER, parameter)
+        registered.setdefault(id(parameter), []).append(name)
+        parameter_ids.add(id(parameter))
     for name, buffer in root.named_buffers(remove_duplicate=False):
         kind = TensorKind.BUFFER if name in saved else TensorKind.NON_PERSISTENT_BUFFER
         add(name, kind, buffer)
+        registered.setdefault(id(buffer), []).append(name)
     for prefix, submodule in root.named_modules(remove_duplicate=False):
-        for label, kind, tensor in _unregistered_tensors(submodule):
-            add(f"{prefix}.{label}" if prefix else label, kind, tensor)
+        dotted = f"{prefix}." if prefix else ""
+        rebuilt.update(dotted + name for name in _rebuilt_by_hooks(submodule))
+        for label, kind, tensor in _unregistered_tensors(submodule, scan):
+            add(dotted + label, kind, tensor)
 
+    parameter_alias_follows, buffer_alias_follows = _alias_probe()
     records = []
     for (tensor_id, kind), names in found.items():
         tensor = tensors[tensor_id]
+        alias_of: tuple[str, ...] = ()
+        moved = None
+        if not kind.moved_by_to and tensor_id in registered:
+            alias_of = tuple(registered[tensor_id])
+            moved = (
+                parameter_alias_follows
+                if tensor_id in parameter_ids
+                else buffer_alias_follows
+            )
+        lazy = is_lazy(tensor)
         records.append(
             TensorRecord(
                 names=tuple(dict.fromkeys(names)),
                 kind=kind,
                 device=tensor.device,
                 dtype=tensor.dtype,
-                shape=tuple(tensor.shape),
-                nbytes=_tensor_nbytes(tensor),
+                shape=() if lazy else tuple(tensor.shape),
+                nbytes=0 if lazy else _tensor_nbytes(tensor),
                 saved_in_state_dict=any(name in saved for name in names),
+                alias_of=alias_of,
+                moved=moved,
+                rebuilt_by_hook=any(name in rebuilt for name in names),
+                initialized=not lazy,
+                tensor_id=tensor_id,
             )
         )
-    return Inventory(records)
+    return Inventory(records, notes=scan.notes)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from torch import nn
 
-from ._inventory import TensorKind, TensorRecord, inventory, render_html, render_text
+from ._inventory import (
+    TensorKind,
+    TensorRecord,
+    inventory,
+    pattern,
+    render_html,
+    render_text,
+)
+
+# Beyond this many strays, the text groups them by layer stack.
+_MAX_LINES = 20
 from ._module import as_module
 
 
@@ -32,6 +44,28 @@ def _owner(record: TensorRecord) -> str:
 
 def _fix(record: TensorRecord) -> tuple[str, str]:
     where, attribute = _owner(record), record.attribute
+    if record.alias_of:
+        return (
+            (
+                f"a second reference to the buffer {record.alias_of[0]}: .to() gives "
+                "the module a new tensor, and this reference keeps the old one (stale)"
+            ),
+            (
+                f"keep no second reference; read self.{record.alias_of[0].rpartition('.')[2]} "
+                "where it is needed (a @property can give it another name)"
+            ),
+        )
+    if record.kind is TensorKind.UNREGISTERED_MODULE:
+        return (
+            (
+                f"a module held in the plain attribute {attribute!r} of {where}: .to() "
+                "and state_dict() skip it and all its tensors"
+            ),
+            (
+                "hold submodules in nn.ModuleList / nn.ModuleDict (or assign each to an "
+                "attribute of the module) so they are registered"
+            ),
+        )
     if record.kind is TensorKind.ATTRIBUTE:
         return (
             (
@@ -67,14 +101,47 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
 
 
 class StrayReport(tuple[Stray, ...]):
-    """The strays of one module; empty (and falsy) when there are none."""
+    """The strays of one module; empty (and falsy) when there are none.
+
+    ``notes`` says where the scan was cut short (see :func:`inventory`). Printed,
+    more than 20 strays are grouped by layer stack (``layers.*.mask (x80)``).
+    """
+
+    notes: tuple[str, ...]
+
+    def __new__(
+        cls, strays: Sequence[Stray] = (), *, notes: Sequence[str] = ()
+    ) -> Self:
+        report = super().__new__(cls, strays)
+        report.notes = tuple(notes)
+        return report
 
     def __str__(self) -> str:
+        cut = [f"scan cut short: {note}" for note in self.notes]
         if not self:
-            return (
-                "No stray tensors: every tensor is a parameter or a registered buffer."
+            return "\n".join(
+                [
+                    "No stray tensors: every tensor is a parameter or a buffer.",
+                    *cut,
+                ]
             )
-        return "\n".join(str(stray) for stray in self)
+        if len(self) <= _MAX_LINES:
+            return "\n".join([*(str(stray) for stray in self), *cut])
+        # Large models: one entry per layer stack, the first of each shown in full.
+        groups: dict[tuple[str, str], list[Stray]] = {}
+        for stray in self:
+            key = (pattern(stray.record.name), stray.record.kind.value)
+            groups.setdefault(key, []).append(stray)
+        lines = [f"{len(self)} strays in {len(groups)} groups:"]
+        for (name, _), members in list(groups.items())[:_MAX_LINES]:
+            first = members[0]
+            lines.append(
+                f"{name} (x{len(members)}), e.g. {first.record.name}: {first.problem}"
+                f"\n    fix: {first.fix}"
+            )
+        if len(groups) > _MAX_LINES:
+            lines.append(f"... and {len(groups) - _MAX_LINES} more groups")
+        return "\n".join([*lines, *cut])
 
     def _repr_html_(self) -> str:
         if not self:
@@ -96,8 +163,13 @@ def find_strays(
 ) -> StrayReport:
     """Find the tensors of ``module`` that ``.to()`` will not move or ``state_dict()`` will not save.
 
-    Plain tensor attributes and tensors inside list/tuple/dict attributes are
-    always strays. Non-persistent buffers are moved but deliberately not saved;
+    Plain tensor attributes, tensors inside containers (lists, tuples, dicts,
+    sets, dataclasses) and modules held in them instead of ``nn.ModuleList`` are
+    strays; so is a second reference to a buffer, which ``.to()`` leaves stale.
+    A second reference to a parameter is not (``.to()`` updates the parameter in
+    place; torch is asked on a probe module), nor is an attribute the old
+    ``weight_norm`` rebuilds before each forward. Wrappers (``torch.compile``,
+    ``DataParallel``, ``DistributedDataParallel``) are looked through. Non-persistent buffers are moved but deliberately not saved;
     pass ``include_non_persistent=True`` to list them too. Each stray comes with a
     one-line fix. Nothing in the module is changed.
 
@@ -111,12 +183,20 @@ def find_strays(
             f"{include_non_persistent!r}"
         )
         raise TypeError(msg)
-    kinds = {TensorKind.ATTRIBUTE, TensorKind.CONTAINER_ITEM}
+    kinds = {
+        TensorKind.ATTRIBUTE,
+        TensorKind.CONTAINER_ITEM,
+        TensorKind.UNREGISTERED_MODULE,
+    }
     if include_non_persistent:
         kinds.add(TensorKind.NON_PERSISTENT_BUFFER)
     strays = []
-    for record in inventory(root):
-        if record.kind in kinds:
-            problem, fix = _fix(record)
-            strays.append(Stray(record=record, problem=problem, fix=fix))
-    return StrayReport(strays)
+    records = inventory(root)
+    for record in records:
+        if record.kind not in kinds or record.rebuilt_by_hook:
+            continue
+        if record.alias_of and record.moved_by_to:
+            continue  # a second name for a parameter that .to() updates in place
+        problem, fix = _fix(record)
+        strays.append(Stray(record=record, problem=problem, fix=fix))
+    return StrayReport(strays, notes=records.notes)
