@@ -1,0 +1,203 @@
+"""Keep the published site true to its sources, device and torch, whatever happened before.
+
+* One build at a time per clone: a second one stops at once with "another build is
+  running in this folder" (an ``fcntl`` lock on ``docs/_build/build.lock``).
+* Sphinx writes into ``<outdir>.staging``; only a build that succeeded (no exception,
+  no warning under ``-W``) is copied to ``<outdir>`` (``docs/_build/html``), so a
+  failed or interrupted build leaves the previous good site as it was.
+* A build that did not succeed leaves ``<outdir>.unfinished`` behind; the next build
+  sees it and re-reads and re-writes every page (Sphinx itself would skip the pages
+  it had read, and the search index would stay incomplete), and re-runs the
+  chapters whose run did not complete (``gallery_hooks.chapter_timer`` marks them).
+* The outputs record the device and torch that produced them
+  (``docs/_build/outputs-made-with.txt``); when the banner would name another,
+  every chapter and the cheat sheet run again.
+* Zips are rewritten with fixed timestamps (``SOURCE_DATE_EPOCH``), so two builds of
+  one commit publish the same bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+from sphinx.application import Sphinx
+from sphinx.errors import ConfigError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+ENV_PICKLE = "environment.pickle"  # sphinx.application.ENV_PICKLE_FILENAME
+OUTPUTS_KEY = "outputs-made-with.txt"
+# Zip's epoch starts in 1980; earlier timestamps cannot be stored.
+ZIP_EPOCH_MIN = 315532800
+
+_held_lock: IO[str] | None = None
+
+
+def hold_build_lock(build_dir: Path) -> None:
+    """Stop at once if another build holds this folder; else hold it until exit.
+
+    The lock is the kernel's (``flock``): it goes away with the process however the
+    process ends, so a killed build never leaves a stale lock behind.
+    """
+    global _held_lock  # noqa: PLW0603 (held for the life of the process)
+    if _held_lock is not None:
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    handle = (build_dir / "build.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        msg = (
+            f"another build is running in this folder ({holder}, lock "
+            f"{build_dir / 'build.lock'}); wait for it to finish or stop it"
+        )
+        raise ConfigError(msg) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    _held_lock = handle
+
+
+def _fresh_environment(app: Sphinx) -> None:
+    """Make Sphinx read (and so write) every page again."""
+    (Path(app.doctreedir) / ENV_PICKLE).unlink(missing_ok=True)
+
+
+def _gallery_files(app: Sphinx, pattern: str) -> list[Path]:
+    gallery = app.config.sphinx_gallery_conf.get("gallery_dirs", "auto_examples")
+    folders = [gallery] if isinstance(gallery, str) else list(gallery)
+    return [
+        path
+        for folder in folders
+        for path in sorted((Path(app.srcdir) / folder).glob(pattern))
+    ]
+
+
+def _rerun_unfinished_chapters(app: Sphinx) -> None:
+    """A chapter still marked running (its build stopped mid-chapter) runs again.
+
+    sphinx-gallery writes a chapter's ``.md5`` before its page; the mark, removed
+    only once the page is written, covers that gap.
+    """
+    for marker in _gallery_files(app, "*.py.running"):
+        Path(str(marker).removesuffix(".running") + ".md5").unlink(missing_ok=True)
+        marker.unlink()
+
+
+def _jupyter_cache(app: Sphinx, outdir: Path) -> Path:
+    configured = app.config.nb_execution_cache_path
+    return Path(configured) if configured else outdir.parent / ".jupyter_cache"
+
+
+def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
+    """Before Sphinx loads its environment: decide what must be read and run again."""
+    published = Path(app.outdir)
+    staging = published.with_name(published.name + ".staging")
+    unfinished = published.with_name(published.name + ".unfinished")
+    if unfinished.exists():
+        logger.info(
+            "the last build of %s did not finish: re-reading and re-writing every "
+            "page, and re-running any chapter it left unfinished",
+            published.name,
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+    if not staging.is_dir():
+        _fresh_environment(app)
+    _rerun_unfinished_chapters(app)
+
+    made_with = app.config.guide_outputs_made_with
+    key = published.parent / OUTPUTS_KEY
+    previous = key.read_text() if key.exists() else None
+    if made_with and previous is not None and previous != made_with:
+        logger.info(
+            "outputs were produced on %s, this build runs on %s: running every "
+            "chapter and the cheat sheet again",
+            previous,
+            made_with,
+        )
+        for stamp in _gallery_files(app, "*.py.md5"):
+            stamp.unlink()
+        shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
+        _fresh_environment(app)
+    elif made_with and previous is None:
+        # No record of what produced the outputs on disk: trust none of them.
+        for stamp in _gallery_files(app, "*.py.md5"):
+            stamp.unlink()
+        shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
+        _fresh_environment(app)
+
+    staging.mkdir(parents=True, exist_ok=True)
+    unfinished.write_text("a build started here and has not succeeded yet\n")
+    app.outdir = staging  # type: ignore[assignment] (read by the builder, made next)
+    app.guide_published = published  # type: ignore[attr-defined]
+
+
+def deterministic_zip(path: Path, epoch: int) -> None:
+    """Rewrite ``path`` with sorted entries, one timestamp and fixed permissions."""
+    with zipfile.ZipFile(path) as source:
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
+    stamp = time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for name, data in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, whatever machine built it
+            info.external_attr = 0o644 << 16
+            target.writestr(info, data)
+    if path.read_bytes() != buffer.getvalue():
+        path.write_bytes(buffer.getvalue())
+
+
+def _succeeded(app: Sphinx, exception: Exception | None) -> bool:
+    # Under -W --keep-going Sphinx sets the failing status only after this event.
+    warned = getattr(app, "_fail_on_warnings", False) and getattr(app, "_warncount", 0)
+    return exception is None and not app.statuscode and not warned
+
+
+def publish(app: Sphinx, exception: Exception | None) -> None:
+    """After a build that succeeded: copy the staging folder over the published site."""
+    published: Path | None = getattr(app, "guide_published", None)
+    if published is None or not _succeeded(app, exception):
+        return
+    staging = Path(app.outdir)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
+    for archive in sorted(staging.rglob("*.zip")):
+        deterministic_zip(archive, epoch)
+    fresh = published.with_name(published.name + ".new")
+    old = published.with_name(published.name + ".old")
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(staging, fresh, symlinks=True)
+    # Two renames: a reader (or the live-reload server) sees the old site or the new
+    # one, never a half-written one.
+    if published.exists():
+        published.rename(old)
+    fresh.rename(published)
+    shutil.rmtree(old, ignore_errors=True)
+    if app.config.guide_outputs_made_with:
+        (published.parent / OUTPUTS_KEY).write_text(app.config.guide_outputs_made_with)
+    published.with_name(published.name + ".unfinished").unlink(missing_ok=True)
+    app.outdir = published  # type: ignore[assignment] (for "The HTML pages are in")
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    # What the banner says produced the outputs ("cpu with torch 2.13.0"); empty
+    # for builds that run no code.
+    app.add_config_value("guide_outputs_made_with", "", "env", types=[str])
+    app.connect("config-inited", prepare, priority=900)
+    # Last of all build-finished handlers, after sphinx-gallery's failure summary.
+    app.connect("build-finished", publish, priority=1000)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
