@@ -87,7 +87,11 @@ python_use_unqualified_type_names = True
 # -- MyST-NB --------------------------------------------------------------------
 nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
-nb_execution_timeout = run_time_limit()  # GUIDE_TIMEOUT, per cell
+# GUIDE_TIMEOUT bounds a page's run: the kernel raises TimeoutError in the stuck
+# cell (kernel_time_limit.py); nbclient's per-cell timeout is only a backstop.
+os.environ["PYTHONSTARTUP"] = str(DOCS / "_ext" / "kernel_time_limit.py")
+nb_execution_timeout = run_time_limit() + 60
+nb_execution_show_tb = True  # a failing cell's traceback, with its line, in the log
 nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 
 # -- Gallery ------------------------------------------------------------------

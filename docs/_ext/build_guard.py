@@ -27,8 +27,9 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
+from gallery_hooks import TIMED_OUT
 from sphinx.application import Sphinx
-from sphinx.errors import ConfigError
+from sphinx.errors import ConfigError, ExtensionError
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,8 @@ def publish(app: Sphinx, exception: Exception | None) -> None:
     published: Path | None = getattr(app, "guide_published", None)
     if published is None or not _succeeded(app, exception):
         return
+    if TIMED_OUT:  # a chapter hit its limit, caught the TimeoutError and went on
+        raise ExtensionError("\n".join(TIMED_OUT))
     staging = Path(app.outdir)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
     for archive in sorted(staging.rglob("*.zip")):
