@@ -11,7 +11,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-# Seconds a chapter (and each cheat-sheet cell) may run before the build fails.
+from sphinx.errors import ConfigError
+
+# Seconds a chapter (or the cheat sheet) may run before the build fails.
 TIMEOUT_VARIABLE = "GUIDE_TIMEOUT"
 DEFAULT_TIMEOUT = 900
 
@@ -47,7 +49,7 @@ def run_time_limit() -> int:
     value = os.environ.get(TIMEOUT_VARIABLE, "") or str(DEFAULT_TIMEOUT)
     if not value.isdigit() or int(value) == 0:
         msg = f"{TIMEOUT_VARIABLE}={value!r}: give a whole number of seconds, e.g. 900"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     return int(value)
 
 
