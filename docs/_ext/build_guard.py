@@ -121,19 +121,13 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     made_with = app.config.guide_outputs_made_with
     key = published.parent / OUTPUTS_KEY
     previous = key.read_text() if key.exists() else None
-    if made_with and previous is not None and previous != made_with:
+    if made_with and previous != made_with:
         logger.info(
-            "outputs were produced on %s, this build runs on %s: running every "
-            "chapter and the cheat sheet again",
-            previous,
+            "outputs on disk were produced on %s, this build runs on %s: running "
+            "every chapter and the cheat sheet again",
+            previous or "an unrecorded device and torch",
             made_with,
         )
-        for stamp in _gallery_files(app, "*.py.md5"):
-            stamp.unlink()
-        shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
-        _fresh_environment(app)
-    elif made_with and previous is None:
-        # No record of what produced the outputs on disk: trust none of them.
         for stamp in _gallery_files(app, "*.py.md5"):
             stamp.unlink()
         shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
