@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sphinx_gallery", reason="needs the docs dependencies")
+pytest.importorskip(
+    "sphinx_gallery", reason="needs the docs dependencies: nox -s build_checks"
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

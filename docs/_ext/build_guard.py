@@ -22,6 +22,7 @@ import fcntl
 import io
 import os
 import shutil
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 from gallery_hooks import TIMED_OUT
 from sphinx.application import Sphinx
-from sphinx.errors import ConfigError, ExtensionError
+from sphinx.errors import ExtensionError
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ _held_lock: IO[str] | None = None
 
 
 def hold_build_lock(build_dir: Path) -> None:
-    """Stop at once if another build holds this folder; else hold it until exit.
+    """Stop at once (exit status 2) if another build holds this folder; else hold
+    the folder until this process exits.
 
     The lock is the kernel's (``flock``): it goes away with the process however the
     process ends, so a killed build never leaves a stale lock behind.
@@ -59,11 +61,16 @@ def hold_build_lock(build_dir: Path) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        msg = (
+        # One line and out, before anything is written: Sphinx would wrap a
+        # ConfigError in a page of version details.
+        print(
             f"another build is running in this folder ({holder}, lock "
-            f"{build_dir / 'build.lock'}); wait for it to finish or stop it"
+            f"{build_dir / 'build.lock'}); wait for it to finish or stop it",
+            file=sys.stderr,
+            flush=True,
         )
-        raise ConfigError(msg) from None
+        sys.stdout.flush()
+        os._exit(2)
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")
