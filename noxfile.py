@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nox
 
+# The reproducibility check's build settings, for nox -s docs to use the same.
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 from scratch_site import build_env
 
