@@ -142,7 +142,9 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
 
     staging.mkdir(parents=True, exist_ok=True)
     unfinished.write_text("a build started here and has not succeeded yet\n")
-    app.outdir = staging  # type: ignore[assignment] (read by the builder, made next)
+    # Read by the builder, made next. Sphinx's own path type, which also acts as a
+    # str for extensions that still treat outdir as one.
+    app.outdir = type(app.outdir)(staging)
     app.guide_published = published  # type: ignore[attr-defined]
 
 
@@ -194,7 +196,7 @@ def publish(app: Sphinx, exception: Exception | None) -> None:
     if app.config.guide_outputs_made_with:
         (published.parent / OUTPUTS_KEY).write_text(app.config.guide_outputs_made_with)
     published.with_name(published.name + ".unfinished").unlink(missing_ok=True)
-    app.outdir = published  # type: ignore[assignment] (for "The HTML pages are in")
+    app.outdir = type(app.outdir)(published)  # for "The HTML pages are in ..."
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
