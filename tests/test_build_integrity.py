@@ -227,10 +227,27 @@ def test_time_limit_names_chapter_and_line_then_recovers(site: Path) -> None:
     assert "this page ran past its 3 s limit and was stopped here" in result.stderr
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)  # IPython colours
     assert "Cell In[1], line 4" in plain, plain
-    path.write_text(chapter("Stuck"))  # fixed
+    path.unlink()  # the hung chapter is dropped
     sheet.write_text(SHEET)
     recovered = run_build(site, TINY_STAMP="three")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert not list(published(site).rglob("*03_stuck*")), "a page of a removed chapter"
+
+
+def test_removed_chapter_and_page_leave_nothing_behind(site: Path) -> None:
+    assert (published(site) / "auto_examples" / "02_second.html").exists()
+    (site / "examples" / "02_second.py").unlink()
+    (site / "docs" / "page5.md").unlink()
+    index = site / "docs" / "index.md"
+    index.write_text(index.read_text().replace("page5\n", ""))
+    result = run_build(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    left = [
+        str(path.relative_to(published(site)))
+        for path in published(site).rglob("*")
+        if "02_second" in path.name or "page5" in path.name
+    ]
+    assert left == []
 
 
 def test_interrupted_build_is_followed_by_the_same_site_as_a_clean_one(

@@ -12,6 +12,8 @@
 * The outputs record the device and torch that produced them
   (``docs/_build/outputs-made-with.txt``); when the banner would name another,
   every chapter and the cheat sheet run again.
+* A deleted or renamed chapter or page leaves nothing behind (sphinx-gallery and
+  Sphinx both keep what they generated for it).
 * Zips are rewritten with fixed timestamps (``SOURCE_DATE_EPOCH``), so two builds of
   one commit publish the same bytes.
 """
@@ -19,8 +21,10 @@
 from __future__ import annotations
 
 import fcntl
+import glob
 import io
 import os
+import re
 import shutil
 import sys
 import time
@@ -104,6 +108,59 @@ def _rerun_unfinished_chapters(app: Sphinx) -> None:
         marker.unlink()
 
 
+def _forget_removed_chapters(app: Sphinx) -> None:
+    """Delete what sphinx-gallery generated for a chapter that no longer exists.
+
+    It keeps a deleted or renamed chapter's page, which Sphinx would then build as
+    an orphan (and fail ``-W``: not in any toctree).
+    """
+    gallery_conf = app.config.sphinx_gallery_conf
+    examples = gallery_conf.get("examples_dirs", "../examples")
+    galleries = gallery_conf.get("gallery_dirs", "auto_examples")
+    examples = [examples] if isinstance(examples, str) else list(examples)
+    galleries = [galleries] if isinstance(galleries, str) else list(galleries)
+    for example_dir, gallery_dir in zip(examples, galleries, strict=True):
+        chapters = {path.name for path in (Path(app.srcdir) / example_dir).glob("*.py")}
+        gallery = Path(app.srcdir) / gallery_dir
+        for copy in sorted(gallery.glob("*.py")):
+            if copy.name in chapters:
+                continue
+            logger.info("%s was removed: deleting its generated page", copy.name)
+            images = re.compile(rf"sphx_glr_{re.escape(copy.stem)}_(\d+|thumb)\.\w+")
+            for generated in [
+                *gallery.glob(f"{glob.escape(copy.stem)}.*"),
+                *(p for p in gallery.rglob("sphx_glr_*") if images.fullmatch(p.name)),
+            ]:
+                generated.unlink()
+
+
+def drop_removed_pages(
+    app: Sphinx,
+    env: Any,
+    added: set[str],  # noqa: ARG001 (the env-get-outdated event's signature)
+    changed: set[str],  # noqa: ARG001
+    removed: set[str],
+) -> list[str]:
+    """After a page's source was removed: write every page into an empty folder.
+
+    Sphinx leaves a removed page's HTML, images and downloads behind; starting the
+    staging folder afresh (rare: pages are seldom removed) gives what a clean build
+    gives.
+    """
+    if not removed or app.builder.format != "html":
+        return []
+    logger.info(
+        "%s removed: writing every page again into an empty folder",
+        ", ".join(sorted(removed)),
+    )
+    for child in Path(app.outdir).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    return sorted(env.found_docs)
+
+
 def _jupyter_cache(app: Sphinx, outdir: Path) -> Path:
     configured = app.config.nb_execution_cache_path
     return Path(configured) if configured else outdir.parent / ".jupyter_cache"
@@ -124,6 +181,7 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     if not staging.is_dir():
         _fresh_environment(app)
     _rerun_unfinished_chapters(app)
+    _forget_removed_chapters(app)
 
     made_with = app.config.guide_outputs_made_with
     key = published.parent / OUTPUTS_KEY
@@ -204,6 +262,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # for builds that run no code.
     app.add_config_value("guide_outputs_made_with", "", "env", types=[str])
     app.connect("config-inited", prepare, priority=900)
+    app.connect("env-get-outdated", drop_removed_pages)
     # Last of all build-finished handlers, after sphinx-gallery's failure summary.
     app.connect("build-finished", publish, priority=1000)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
