@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
+
+# The reproducibility check's build settings, for nox -s docs to use the same.
+sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+from scratch_site import build_env
 
 nox.needs_version = ">=2025.2.9"
 # venv + pip, not uv: pip honours this machine's find-links (the local CPU torch
@@ -47,6 +52,8 @@ def docs(session: nox.Session) -> None:
         # with (or gets published as) the real site.
         session.env["GUIDE_PREVIEW"] = "1"
         output = "preview"
+    # SOURCE_DATE_EPOCH (last commit) and PYTHONHASHSEED, as nox -s repro checks.
+    session.env.update(build_env())
     sphinx_args = ["-n", "-W", "--keep-going", "-d", str(BUILD / f"doctrees-{output}")]
     paths = [str(DOCS), str(BUILD / output)]
     if "--serve" in session.posargs:
@@ -84,6 +91,14 @@ def repro(session: nox.Session) -> None:
     """Build the site twice from scratch and check the pages are identical."""
     install(session, "docs")
     session.run("python", "benchmarks/reproducible.py")
+
+
+@nox.session(reuse_venv=True)
+def build_checks(session: nox.Session) -> None:
+    """The docs build under faults (hangs, Ctrl-C, failed chapters, two at once) on a tiny site."""
+    install(session, "docs")
+    session.install("pytest>=8")
+    session.run("pytest", "tests/test_build_integrity.py", *session.posargs)
 
 
 @nox.session(reuse_venv=True)

@@ -10,14 +10,17 @@ from pathlib import Path
 DOCS = Path(__file__).parent
 sys.path.insert(0, str(DOCS / "_ext"))
 
-from build_info import build_line
-from gallery_hooks import rerun_chapters_when_library_changes
+from build_guard import hold_build_lock
+from build_info import build_line, outputs_made_with
+from gallery_hooks import rerun_chapters_when_library_changes, run_time_limit
 from offline_inventories import write_inventory
 from thumbnails import write_thumbnails
 
 # GUIDE_PREVIEW=1 renders every page without running any code, for proofreading;
 # nox -s docs -- --preview builds it into its own folder, never the published one.
 PREVIEW = os.environ.get("GUIDE_PREVIEW") == "1"
+# Before anything is written: a second build in this clone stops here, at once.
+hold_build_lock(DOCS / "_build")
 
 # -- Project ------------------------------------------------------------------
 PYPROJECT = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
@@ -41,6 +44,7 @@ extensions = [
     "site_links",
     "literal_links",
     "reader_downloads",
+    "build_guard",  # staging, interrupted builds, device/torch changes (see module)
 ]
 templates_path = ["_templates"]
 exclude_patterns = [
@@ -84,8 +88,11 @@ python_use_unqualified_type_names = True
 # -- MyST-NB --------------------------------------------------------------------
 nb_execution_mode = "off" if PREVIEW else "cache"
 nb_execution_raise_on_error = True
-nb_execution_show_tb = True  # a failed check on a page names its claim in the log
-nb_execution_timeout = 180
+# GUIDE_TIMEOUT bounds a page's run: the kernel raises TimeoutError in the stuck
+# cell (kernel_time_limit.py); nbclient's per-cell timeout is only a backstop.
+os.environ["PYTHONSTARTUP"] = str(DOCS / "_ext" / "kernel_time_limit.py")
+nb_execution_timeout = run_time_limit() + 60
+nb_execution_show_tb = True  # a failing cell's traceback, with its claim, in the log
 nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 
 # -- Gallery ------------------------------------------------------------------
@@ -108,7 +115,12 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "image_scrapers": ("gallery_hooks.matplotlib_scraper",),
     # Dotted names: a function object in the config would fail -W (unpicklable).
-    "reset_modules": ("matplotlib", "gallery_hooks.reset_torch"),
+    "reset_modules": (
+        "matplotlib",
+        "gallery_hooks.reset_torch",
+        "gallery_hooks.chapter_guard",  # GUIDE_TIMEOUT; re-run after a failed run
+    ),
+    "reset_modules_order": "both",
     "remove_config_comments": True,
     "download_all_examples": True,
     "capture_repr": ("_repr_html_", "__repr__"),
@@ -127,6 +139,12 @@ sphinx_gallery_conf = {
     "backreferences_dir": "gen_modules/backreferences",
     "prefer_full_module": {"pytorch_buffers"},
 }
+
+# What the banner names as the producer of the outputs; when it changes, every
+# chapter and the cheat sheet run again (build_guard).
+guide_outputs_made_with = (
+    "" if PREVIEW else outputs_made_with(DOCS / "_build" / "build-info.json")
+)
 
 # -- HTML ---------------------------------------------------------------------
 html_theme = "furo"

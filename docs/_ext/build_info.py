@@ -99,12 +99,15 @@ def cached_device_description(cache: Path) -> str:
     return description
 
 
+def outputs_made_with(cache: Path) -> str:
+    """``cpu with torch 2.13.0``: what produces the outputs (the build re-runs every
+    chapter when this differs from what produced the outputs on disk)."""
+    return f"{cached_device_description(cache)} with torch {version('torch')}"
+
+
 def build_line(cache: Path) -> str:
     """One line for the top of every page."""
-    line = (
-        f"Outputs produced on {cached_device_description(cache)} "
-        f"with torch {version('torch')} · built {build_date()}"
-    )
+    line = f"Outputs produced on {outputs_made_with(cache)} · built {build_date()}"
     if commit := build_commit():
         line += f" · commit {commit}"
     return line

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import os
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+from sphinx.errors import ConfigError
+
+# Seconds a chapter (or the cheat sheet) may run before the build fails.
+TIMEOUT_VARIABLE = "GUIDE_TIMEOUT"
+DEFAULT_TIMEOUT = 900
 
 
 def matplotlib_scraper(
@@ -19,6 +30,8 @@ def matplotlib_scraper(
     """
     from sphinx_gallery.scrapers import matplotlib_scraper as scrape  # noqa: PLC0415
 
+    # No "Software" entry naming matplotlib's version: the same plot, the same bytes.
+    kwargs.setdefault("metadata", {"Software": None})
     return str(scrape(block, block_vars, gallery_conf, **kwargs))
 
 
@@ -29,6 +42,107 @@ def reset_torch(gallery_conf: dict[str, Any], fname: str) -> None:  # noqa: ARG0
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
     torch.set_default_device(None)
+
+
+def run_time_limit() -> int:
+    """``GUIDE_TIMEOUT`` in seconds (default 900): the bound on one chapter's run."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "") or str(DEFAULT_TIMEOUT)
+    if not value.isdigit() or int(value) == 0:
+        msg = f"{TIMEOUT_VARIABLE}={value!r}: give a whole number of seconds, e.g. 900"
+        raise ConfigError(msg)
+    return int(value)
+
+
+class _Running:
+    """The chapter now running: its file, its limit, and where it was stopped."""
+
+    source: Path | None = None
+    limit = 0
+
+
+# "<chapter> ... at line N" for each chapter stopped by its limit in this build;
+# build_guard fails the build on it even if the chapter caught the TimeoutError.
+TIMED_OUT: list[str] = []
+
+
+def _chapter_files(gallery_conf: dict[str, Any], fname: str) -> tuple[Path, Path]:
+    """(the chapter's source, its copy in the gallery folder, next to its ``.md5``)."""
+    src_dir = Path(gallery_conf["src_dir"])
+    examples = gallery_conf["examples_dirs"]
+    galleries = gallery_conf["gallery_dirs"]
+    examples = [examples] if isinstance(examples, str) else examples
+    galleries = [galleries] if isinstance(galleries, str) else galleries
+    for example_dir, gallery_dir in zip(examples, galleries, strict=True):
+        source = (src_dir / example_dir / fname).resolve()
+        if source.exists():
+            return source, src_dir / gallery_dir / fname
+    return (src_dir / examples[0] / fname).resolve(), src_dir / galleries[0] / fname
+
+
+def _out_of_time(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+    where = "an unknown line"
+    while frame is not None:
+        if Path(frame.f_code.co_filename).resolve() == _Running.source:
+            where = f"line {frame.f_lineno}"
+            break
+        frame = frame.f_back
+    msg = (
+        f"{_Running.source} ran past its {_Running.limit} s limit and was stopped at "
+        f"{where} (raise the limit with {TIMEOUT_VARIABLE}=<seconds>)"
+    )
+    TIMED_OUT.append(msg)
+    # Again soon, in case the chapter catches the exception and carries on.
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    raise TimeoutError(msg)
+
+
+def chapter_guard(gallery_conf: dict[str, Any], fname: str | None, when: str) -> None:
+    """Around each chapter's run (``reset_modules_order = "both"``).
+
+    Before: forget the chapter's ``.md5`` (so a run that fails or is interrupted is
+    never taken for a good one: the chapter runs again next build), mark it running
+    (``build_guard`` re-runs it if the build stops before the mark is removed), and
+    start its clock: past ``GUIDE_TIMEOUT`` seconds a ``TimeoutError`` is raised in
+    the chapter, so the failure names the line it was stuck on. After: stop the clock.
+    """
+    if fname is None or threading.current_thread() is not threading.main_thread():
+        return
+    source, copy = _chapter_files(gallery_conf, fname)
+    running = Path(f"{copy}.running")
+    if when == "before":
+        Path(f"{copy}.md5").unlink(missing_ok=True)
+        running.parent.mkdir(parents=True, exist_ok=True)
+        running.touch()
+        _Running.source, _Running.limit = source, run_time_limit()
+        signal.signal(signal.SIGALRM, _out_of_time)
+        signal.setitimer(signal.ITIMER_REAL, _Running.limit)
+        return
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    running.unlink(missing_ok=True)
+
+
+def imports_library(chapter: Path, library: str = "pytorch_buffers") -> bool:
+    """Whether the chapter's code imports ``library`` (or a submodule of it).
+
+    Read from the code itself (``import x``, ``import x.y as z``, ``from x import
+    y``, ``from x.y import z``), not from its text: a comment or a docstring that
+    mentions the library does not count. A chapter that does not parse counts, so
+    that it runs (and fails, naming the line) again.
+    """
+    try:
+        tree = ast.parse(chapter.read_text(), filename=str(chapter))
+    except SyntaxError:
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name.split(".")[0] == library for name in names):
+            return True
+    return False
 
 
 def rerun_chapters_when_library_changes(
@@ -49,7 +163,7 @@ def rerun_chapters_when_library_changes(
     users = [
         chapter.name
         for chapter in sorted(examples.glob("*.py"))
-        if "import pytorch_buffers" in chapter.read_text()
+        if imports_library(chapter)
     ]
     for name in users:
         (gallery / f"{name[:-3]}.py.md5").unlink(missing_ok=True)

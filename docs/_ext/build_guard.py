@@ -1,0 +1,268 @@
+"""Keep the published site true to its sources, device and torch, whatever happened before.
+
+* One build at a time per clone: a second one stops at once with "another build is
+  running in this folder" (an ``fcntl`` lock on ``docs/_build/build.lock``).
+* Sphinx writes into ``<outdir>.staging``; only a build that succeeded (no exception,
+  no warning under ``-W``) is copied to ``<outdir>`` (``docs/_build/html``), so a
+  failed or interrupted build leaves the previous good site as it was.
+* A build that did not succeed leaves ``<outdir>.unfinished`` behind; the next build
+  sees it and re-reads and re-writes every page (Sphinx itself would skip the pages
+  it had read, and the search index would stay incomplete), and re-runs the
+  chapters whose run did not complete (``gallery_hooks.chapter_timer`` marks them).
+* The outputs record the device and torch that produced them
+  (``docs/_build/outputs-made-with.txt``); when the banner would name another,
+  every chapter and the cheat sheet run again.
+* A deleted or renamed chapter or page leaves nothing behind (sphinx-gallery and
+  Sphinx both keep what they generated for it).
+* Zips are rewritten with fixed timestamps (``SOURCE_DATE_EPOCH``), so two builds of
+  one commit publish the same bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import io
+import os
+import re
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+from gallery_hooks import TIMED_OUT
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+ENV_PICKLE = "environment.pickle"  # sphinx.application.ENV_PICKLE_FILENAME
+OUTPUTS_KEY = "outputs-made-with.txt"
+# Zip's epoch starts in 1980; earlier timestamps cannot be stored.
+ZIP_EPOCH_MIN = 315532800
+
+_held_lock: IO[str] | None = None
+
+
+def hold_build_lock(build_dir: Path) -> None:
+    """Stop at once (exit status 2) if another build holds this folder; else hold
+    the folder until this process exits.
+
+    The lock is the kernel's (``flock``): it goes away with the process however the
+    process ends, so a killed build never leaves a stale lock behind.
+    """
+    global _held_lock  # noqa: PLW0603 (held for the life of the process)
+    if _held_lock is not None:
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    handle = (build_dir / "build.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        # One line and out, before anything is written: Sphinx would wrap a
+        # ConfigError in a page of version details.
+        print(
+            f"another build is running in this folder ({holder}, lock "
+            f"{build_dir / 'build.lock'}); wait for it to finish or stop it",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(2)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    _held_lock = handle
+
+
+def _fresh_environment(app: Sphinx) -> None:
+    """Make Sphinx read (and so write) every page again."""
+    (Path(app.doctreedir) / ENV_PICKLE).unlink(missing_ok=True)
+
+
+def _gallery_files(app: Sphinx, pattern: str) -> list[Path]:
+    gallery = app.config.sphinx_gallery_conf.get("gallery_dirs", "auto_examples")
+    folders = [gallery] if isinstance(gallery, str) else list(gallery)
+    return [
+        path
+        for folder in folders
+        for path in sorted((Path(app.srcdir) / folder).glob(pattern))
+    ]
+
+
+def _rerun_unfinished_chapters(app: Sphinx) -> None:
+    """A chapter still marked running (its build stopped mid-chapter) runs again.
+
+    sphinx-gallery writes a chapter's ``.md5`` before its page; the mark, removed
+    only once the page is written, covers that gap.
+    """
+    for marker in _gallery_files(app, "*.py.running"):
+        Path(str(marker).removesuffix(".running") + ".md5").unlink(missing_ok=True)
+        marker.unlink()
+
+
+def _forget_removed_chapters(app: Sphinx) -> None:
+    """Delete what sphinx-gallery generated for a chapter that no longer exists.
+
+    It keeps a deleted or renamed chapter's page, which Sphinx would then build as
+    an orphan (and fail ``-W``: not in any toctree).
+    """
+    gallery_conf = app.config.sphinx_gallery_conf
+    examples = gallery_conf.get("examples_dirs", "../examples")
+    galleries = gallery_conf.get("gallery_dirs", "auto_examples")
+    examples = [examples] if isinstance(examples, str) else list(examples)
+    galleries = [galleries] if isinstance(galleries, str) else list(galleries)
+    for example_dir, gallery_dir in zip(examples, galleries, strict=True):
+        chapters = {path.name for path in (Path(app.srcdir) / example_dir).glob("*.py")}
+        gallery = Path(app.srcdir) / gallery_dir
+        for copy in sorted(gallery.glob("*.py")):
+            if copy.name in chapters:
+                continue
+            logger.info("%s was removed: deleting its generated page", copy.name)
+            images = re.compile(rf"sphx_glr_{re.escape(copy.stem)}_(\d+|thumb)\.\w+")
+            for generated in [
+                *gallery.glob(f"{glob.escape(copy.stem)}.*"),
+                *(p for p in gallery.rglob("sphx_glr_*") if images.fullmatch(p.name)),
+            ]:
+                generated.unlink()
+
+
+def drop_removed_pages(
+    app: Sphinx,
+    env: Any,
+    added: set[str],  # noqa: ARG001 (the env-get-outdated event's signature)
+    changed: set[str],  # noqa: ARG001
+    removed: set[str],
+) -> list[str]:
+    """After a page's source was removed: write every page into an empty folder.
+
+    Sphinx leaves a removed page's HTML, images and downloads behind; starting the
+    staging folder afresh (rare: pages are seldom removed) gives what a clean build
+    gives.
+    """
+    if not removed or app.builder.format != "html":
+        return []
+    logger.info(
+        "%s removed: writing every page again into an empty folder",
+        ", ".join(sorted(removed)),
+    )
+    for child in Path(app.outdir).iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    return sorted(env.found_docs)
+
+
+def _jupyter_cache(app: Sphinx, outdir: Path) -> Path:
+    configured = app.config.nb_execution_cache_path
+    return Path(configured) if configured else outdir.parent / ".jupyter_cache"
+
+
+def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
+    """Before Sphinx loads its environment: decide what must be read and run again."""
+    published = Path(app.outdir)
+    staging = published.with_name(published.name + ".staging")
+    unfinished = published.with_name(published.name + ".unfinished")
+    if unfinished.exists():
+        logger.info(
+            "the last build of %s did not finish: re-reading and re-writing every "
+            "page, and re-running any chapter it left unfinished",
+            published.name,
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+    if not staging.is_dir():
+        _fresh_environment(app)
+    _rerun_unfinished_chapters(app)
+    _forget_removed_chapters(app)
+
+    made_with = app.config.guide_outputs_made_with
+    key = published.parent / OUTPUTS_KEY
+    previous = key.read_text() if key.exists() else None
+    if made_with and previous != made_with:
+        logger.info(
+            "outputs on disk were produced on %s, this build runs on %s: running "
+            "every chapter and the cheat sheet again",
+            previous or "an unrecorded device and torch",
+            made_with,
+        )
+        for stamp in _gallery_files(app, "*.py.md5"):
+            stamp.unlink()
+        shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
+        _fresh_environment(app)
+
+    staging.mkdir(parents=True, exist_ok=True)
+    unfinished.write_text("a build started here and has not succeeded yet\n")
+    # Read by the builder, made next. Sphinx's own path type, which also acts as a
+    # str for extensions that still treat outdir as one.
+    app.outdir = type(app.outdir)(staging)
+    app.guide_published = published  # type: ignore[attr-defined]
+
+
+def deterministic_zip(path: Path, epoch: int) -> None:
+    """Rewrite ``path`` with sorted entries, one timestamp and fixed permissions."""
+    with zipfile.ZipFile(path) as source:
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
+    stamp = time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as target:
+        for name, data in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=stamp)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # Unix, whatever machine built it
+            info.external_attr = 0o644 << 16
+            target.writestr(info, data)
+    if path.read_bytes() != buffer.getvalue():
+        path.write_bytes(buffer.getvalue())
+
+
+def _succeeded(app: Sphinx, exception: Exception | None) -> bool:
+    # Under -W --keep-going Sphinx sets the failing status only after this event.
+    warned = getattr(app, "_fail_on_warnings", False) and getattr(app, "_warncount", 0)
+    return exception is None and not app.statuscode and not warned
+
+
+def publish(app: Sphinx, exception: Exception | None) -> None:
+    """After a build that succeeded: copy the staging folder over the published site."""
+    published: Path | None = getattr(app, "guide_published", None)
+    if published is None or not _succeeded(app, exception):
+        return
+    if TIMED_OUT:  # a chapter hit its limit, caught the TimeoutError and went on
+        raise ExtensionError("\n".join(TIMED_OUT))
+    staging = Path(app.outdir)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
+    for archive in sorted(staging.rglob("*.zip")):
+        deterministic_zip(archive, epoch)
+    fresh = published.with_name(published.name + ".new")
+    old = published.with_name(published.name + ".old")
+    for leftover in (fresh, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(staging, fresh, symlinks=True)
+    # Two renames: a reader (or the live-reload server) sees the old site or the new
+    # one, never a half-written one.
+    if published.exists():
+        published.rename(old)
+    fresh.rename(published)
+    shutil.rmtree(old, ignore_errors=True)
+    if app.config.guide_outputs_made_with:
+        (published.parent / OUTPUTS_KEY).write_text(app.config.guide_outputs_made_with)
+    published.with_name(published.name + ".unfinished").unlink(missing_ok=True)
+    app.outdir = type(app.outdir)(published)  # for "The HTML pages are in ..."
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    # What the banner says produced the outputs ("cpu with torch 2.13.0"); empty
+    # for builds that run no code.
+    app.add_config_value("guide_outputs_made_with", "", "env", types=[str])
+    app.connect("config-inited", prepare, priority=900)
+    app.connect("env-get-outdated", drop_removed_pages)
+    # Last of all build-finished handlers, after sphinx-gallery's failure summary.
+    app.connect("build-finished", publish, priority=1000)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,349 @@
+"""The docs build under faults: failed chapters, hangs, Ctrl-C, a new device or torch,
+two builds at once, and the reproducibility check (issue 9).
+
+Each scenario drives the real ``conf.py`` and extensions with ``sphinx-build`` on a
+tiny scratch site (two short chapters and a small MyST-NB page, see
+``benchmarks/scratch_site.tiny_site``), so it takes seconds. They need the docs
+dependencies: ``nox -s build_checks`` runs them (``nox -s tests`` skips them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "sphinx_gallery", reason="needs the docs dependencies: nox -s build_checks"
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+
+from build_guard import deterministic_zip
+from gallery_hooks import imports_library
+from reproducible import compare_sites
+from scratch_site import build_env, sphinx_command, tiny_site
+
+
+def chapter(title: str, body: str = "") -> str:
+    """A sphinx-gallery chapter that prints its title and ``TINY_STAMP``."""
+    return (
+        f'r"""\n{title}\n{"=" * len(title)}\n\nA tiny chapter.\n"""\n\n# %%\n'
+        f"import os\n\n"
+        f'print("{title}: stamp", os.environ.get("TINY_STAMP", "none"))\n{body}'
+    )
+
+
+SHEET = """---
+file_format: mystnb
+kernelspec:
+  name: python3
+  display_name: Python 3
+---
+
+# A sheet
+
+```{code-cell} ipython3
+import os
+
+print("sheet: stamp", os.environ.get("TINY_STAMP", "none"))
+```
+"""
+PAGES = {"sheet.md": SHEET} | {
+    f"page{n}.md": f"# Page {n}\n\nThe word lantern{n} is on this page.\n"
+    for n in range(6)
+}
+# Makes writing slow enough to interrupt at a known moment (SLOW_WRITE=seconds).
+SLOW_WRITER = """
+import os, time
+
+def slow(app, pagename, *args):
+    if os.environ.get("SLOW_WRITE"):
+        print("writing page", pagename, flush=True)
+        time.sleep(float(os.environ["SLOW_WRITE"]))
+
+def setup(app):
+    app.connect("html-page-context", slow)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+"""
+
+
+def make_site(folder: Path) -> Path:
+    site = tiny_site(
+        folder,
+        {"01_first.py": chapter("First"), "02_second.py": chapter("Second")},
+        PAGES,
+    )
+    (site / "docs" / "_ext" / "slow_writer.py").write_text(SLOW_WRITER)
+    conf = site / "docs" / "conf.py"
+    conf.write_text(conf.read_text() + '\nextensions.append("slow_writer")\n')
+    return site
+
+
+def run_build(site: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        sphinx_command(site),
+        cwd=site,
+        env={**os.environ, **build_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def published(site: Path) -> Path:
+    return site / "docs" / "_build" / "html"
+
+
+def page(site: Path, name: str) -> str:
+    return (published(site) / f"{name}.html").read_text()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+# Another process holding the folder's build lock, as a running build does.
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from build_guard import hold_build_lock
+hold_build_lock(Path(sys.argv[2]))
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny site, built once; each scenario leaves it built and good."""
+    folder = make_site(tmp_path_factory.mktemp("tiny") / "repo")
+    result = run_build(folder, TINY_STAMP="one")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+def test_second_build_in_same_folder_stops_at_once(site: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD_LOCK,
+            str(site / "docs" / "_ext"),
+            str(site / "docs" / "_build"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        before = digest(published(site))
+        start = time.perf_counter()
+        second = run_build(site)
+        took = time.perf_counter() - start
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert second.returncode != 0
+    assert "another build is running in this folder" in second.stderr
+    assert took < 30, f"the second build took {took:.0f} s to give up"
+    assert digest(published(site)) == before
+
+
+def test_failed_chapter_runs_again_after_revert_and_site_stays_good(
+    site: Path,
+) -> None:
+    source = site / "examples" / "02_second.py"
+    good = source.read_text()
+    before = digest(published(site))
+    source.write_text(good + "print(undefined_name)\n")
+    broken = run_build(site, TINY_STAMP="two")
+    assert broken.returncode != 0
+    assert "NameError" in broken.stderr
+    assert "02_second.py" in broken.stderr
+    # Item 6: the failed build left the previous good site as it was.
+    assert digest(published(site)) == before
+
+    source.write_text(good)
+    reverted = run_build(site, TINY_STAMP="two")
+    assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+    second = page(site, "auto_examples/02_second")
+    assert "NameError" not in second
+    assert "Second: stamp two" in second, "the reverted chapter did not run again"
+    # The chapter that never failed did not run again.
+    assert "First: stamp one" in page(site, "auto_examples/01_first")
+
+
+def test_device_or_torch_change_reruns_chapters_and_sheet(site: Path) -> None:
+    key = site / "docs" / "_build" / "outputs-made-with.txt"
+    assert key.read_text().startswith("cpu with torch ")
+    # As if the outputs on disk came from another device and torch.
+    key.write_text("cuda (Fake GPU) with torch 0.0")
+    result = run_build(site, TINY_STAMP="three")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "First: stamp three" in page(site, "auto_examples/01_first")
+    assert "Second: stamp three" in page(site, "auto_examples/02_second")
+    assert "sheet: stamp three" in page(site, "sheet")
+    assert key.read_text().startswith("cpu with torch ")
+
+
+def test_time_limit_names_chapter_and_line_then_recovers(site: Path) -> None:
+    stuck = chapter("Stuck", "import time\n\ntime.sleep(10**6)\n")
+    line = stuck.splitlines().index("time.sleep(10**6)") + 1
+    path = site / "examples" / "03_stuck.py"
+    path.write_text(stuck)
+    sheet = site / "docs" / "sheet.md"
+    sheet.write_text(
+        SHEET.replace("import os\n", "import os\nimport time\n\ntime.sleep(10**6)\n")
+    )
+    start = time.perf_counter()
+    result = run_build(site, GUIDE_TIMEOUT="3", TINY_STAMP="three")
+    took = time.perf_counter() - start
+    assert result.returncode != 0
+    assert took < 120
+    assert f"03_stuck.py ran past its 3 s limit and was stopped at line {line}" in (
+        result.stderr
+    ), result.stderr
+    # The cheat-sheet-like page: the page, and the line in its cell.
+    assert "sheet.md: WARNING: Executing notebook failed" in result.stderr
+    assert "this page ran past its 3 s limit and was stopped here" in result.stderr
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)  # IPython colours
+    assert "Cell In[1], line 4" in plain, plain
+    path.unlink()  # the hung chapter is dropped
+    sheet.write_text(SHEET)
+    recovered = run_build(site, TINY_STAMP="three")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert not list(published(site).rglob("*03_stuck*")), "a page of a removed chapter"
+
+
+def test_removed_chapter_and_page_leave_nothing_behind(site: Path) -> None:
+    assert (published(site) / "auto_examples" / "02_second.html").exists()
+    (site / "examples" / "02_second.py").unlink()
+    (site / "docs" / "page5.md").unlink()
+    index = site / "docs" / "index.md"
+    index.write_text(index.read_text().replace("page5\n", ""))
+    result = run_build(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    left = [
+        str(path.relative_to(published(site)))
+        for path in published(site).rglob("*")
+        if "02_second" in path.name or "page5" in path.name
+    ]
+    assert left == []
+
+
+def test_interrupted_build_is_followed_by_the_same_site_as_a_clean_one(
+    tmp_path: Path,
+) -> None:
+    site = make_site(tmp_path / "interrupted")
+    first = run_build(site)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for name in PAGES:
+        if name.startswith("page"):
+            path = site / "docs" / name
+            path.write_text(path.read_text() + "\nAn edited sentence.\n")
+    interrupted = subprocess.Popen(
+        sphinx_command(site),
+        cwd=site,
+        env={**os.environ, **build_env(), "SLOW_WRITE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert interrupted.stdout is not None
+    for line in interrupted.stdout:
+        if line.startswith("writing page"):
+            break
+    interrupted.send_signal(signal.SIGINT)
+    output, _ = interrupted.communicate(timeout=60)
+    assert interrupted.returncode != 0, output
+
+    # The previous good site is still published, untouched by the stopped build.
+    assert "An edited sentence" not in page(site, "page0")
+    recovered = run_build(site)
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+
+    clean = make_site(tmp_path / "clean")
+    sources = [*site.glob("examples/*.py"), *site.glob("docs/*.md")]
+    for source in sources:
+        (clean / source.relative_to(site)).write_text(source.read_text())
+    reference = run_build(clean)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    wrong, tolerated = compare_sites(published(site), published(clean))
+    assert (wrong, tolerated) == ([], [])
+    assert "lantern5" in (published(site) / "searchindex.js").read_text()
+
+
+def test_zips_are_rewritten_the_same_whatever_their_timestamps(tmp_path: Path) -> None:
+    archives = []
+    for when in (1_000_000_000, 1_700_000_000):
+        source = tmp_path / f"chapter-{when}.py"
+        source.write_text("print(1)\n")
+        os.utime(source, (when, when))
+        archive = tmp_path / f"all-{when}.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.write(source, "chapter.py")
+        deterministic_zip(archive, epoch=1_767_225_600)
+        archives.append(archive.read_bytes())
+    assert archives[0] == archives[1]
+
+
+def test_reproducibility_check_compares_every_file(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for site in (first, second):
+        (site / "_static").mkdir(parents=True)
+        (site / "index.html").write_text("<p>same</p>\n<p>0.12 seconds</p>\n")
+        (site / "_images").mkdir()
+    (first / "index.html").write_text("<p>same</p>\n<p>3.45 seconds</p>\n")
+    (first / "_static" / "guide.js").write_text("one")
+    (second / "_static" / "guide.js").write_text("two")
+    (first / "_images" / "sphx_glr_10_mask_cost_001.png").write_bytes(b"a")
+    (second / "_images" / "sphx_glr_10_mask_cost_001.png").write_bytes(b"b")
+    (first / "only-here.txt").write_text("x")
+    wrong, tolerated = compare_sites(first, second)
+    assert wrong == ["_static/guide.js", "only-here.txt"]
+    assert tolerated == ["_images/sphx_glr_10_mask_cost_001.png"]
+
+
+@pytest.mark.parametrize(
+    ("code", "uses"),
+    [
+        ("import pytorch_buffers\n", True),
+        ("from pytorch_buffers import find_strays\n", True),
+        ("import pytorch_buffers.inventory as inv\n", True),
+        ("from pytorch_buffers.checkpoint import explain_state_dict\n", True),
+        ("import torch, pytorch_buffers\n", True),
+        ("def f():\n    from pytorch_buffers import inventory\n", True),
+        (
+            '"""Unlike import pytorch_buffers, this needs torch alone."""\nimport torch\n',
+            False,
+        ),
+        ("# import pytorch_buffers\nimport torch\n", False),
+        ("import pytorch_buffers_extra\n", False),
+        ("from . import pytorch_buffers\n", False),
+    ],
+)
+def test_library_users_found_from_their_imports(
+    tmp_path: Path, code: str, uses: bool
+) -> None:
+    script = tmp_path / "01_chapter.py"
+    script.write_text(textwrap.dedent(code))
+    assert imports_library(script) is uses
