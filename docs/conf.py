@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tomllib
@@ -18,6 +19,16 @@ from thumbnails import write_thumbnails
 # GUIDE_PREVIEW=1 renders every page without running any code, for proofreading;
 # nox -s docs -- --preview builds it into its own folder, never the published one.
 PREVIEW = os.environ.get("GUIDE_PREVIEW") == "1"
+
+# -- Log: progress and problems, not configuration dumps -----------------------
+for _logger, _needle in [
+    ("sphinx.myst_parser.sphinx_ext.main", "myst v%s:"),  # its whole MdParserConfig
+    ("sphinx.myst_nb.sphinx_ext", "myst-nb v%s:"),  # its whole NbParserConfig
+    ("traitlets", "Executing notebook with kernel"),  # myst-nb says it already
+]:
+    logging.getLogger(_logger).addFilter(
+        lambda record, needle=_needle: needle not in str(record.msg)
+    )
 
 # -- Project ------------------------------------------------------------------
 PYPROJECT = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
