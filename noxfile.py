@@ -65,10 +65,13 @@ def install(session: nox.Session, group: str) -> None:
     session.install(
         "-e", ".", *nox.project.dependency_groups(PYPROJECT, group), silent=False
     )
-    # run_install, like install, is skipped under --no-install: no stamp then.
+    # Kept only if the installs ran: run_install, like install, is skipped
+    # under --no-install (nox -R).
+    pending = stamp.with_suffix(".pending")
+    pending.write_text(key)
     session.run_install(
-        "python", "-c", "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text(sys.argv[2])",
-        str(stamp), key, silent=True,
+        "python", "-c", "import os, sys; os.replace(*sys.argv[1:])",
+        os.path.relpath(pending), os.path.relpath(stamp), silent=True,
     )  # fmt: skip
 
 
@@ -133,7 +136,10 @@ def docs_python(session: nox.Session) -> str:
 def bench(session: nox.Session) -> None:
     """Time cold, no-op and edited builds, and the library on a 1,000-layer model."""
     python = docs_python(session)
-    session.run(python, "benchmarks/build.py", *session.posargs)
+    session.run(
+        python, "benchmarks/build.py", *session.posargs,
+        env={"GUIDE_NOX_PYTHON": sys.executable},  # times plain `nox -s docs` too
+    )  # fmt: skip
     session.run(python, "benchmarks/inventory.py")
 
 
@@ -156,6 +162,14 @@ def browser(session: nox.Session) -> None:
     if not (BUILD / "html" / "index.html").exists():
         session.error("no built site: run nox -s docs first")
     install(session, "browser")
+    # Lighthouse, as package-lock.json pins it; again only when the lock changes.
+    lock = Path("tests/browser/package-lock.json")
+    installed = Path("tests/browser/node_modules/.package-lock.json")
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        session.run_install(
+            "npm", "ci", "--prefix", "tests/browser", "--no-audit", "--no-fund",
+            external=True,
+        )  # fmt: skip
     session.run("pytest", "tests/browser", f"--site={BUILD / 'html'}", *session.posargs)
 
 

@@ -28,6 +28,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PAGE_WEIGHTS: dict[str, int] = {}
+LIGHTHOUSE_SCORES: dict[str, dict[str, object]] = {}
 COMPRESSED_TYPES = (
     "text/",
     "application/javascript",
@@ -122,6 +123,19 @@ def browser() -> Iterator[Browser]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if LIGHTHOUSE_SCORES:
+        terminalreporter.write_line(
+            "Lighthouse (performance, accessibility, best practices, SEO):"
+        )
+        for page, scores in sorted(LIGHTHOUSE_SCORES.items()):
+            categories = ("performance", "accessibility", "best-practices", "seo")
+            line = "  ".join(f"{scores[name]:.2f}" for name in categories)  # type: ignore[str-format]
+            notes = ", ".join(
+                [*(["second run"] if scores.get("retried") else []), *scores["skipped"]]  # type: ignore[misc]
+            )
+            terminalreporter.write_line(
+                f"  {line}  {page}" + (f" ({notes})" if notes else "")
+            )
     if PAGE_WEIGHTS:
         heaviest = max(PAGE_WEIGHTS, key=PAGE_WEIGHTS.__getitem__)
         terminalreporter.write_line(
