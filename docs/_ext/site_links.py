@@ -221,35 +221,16 @@ def write_sitemap(app: Sphinx, exception: Exception | None) -> None:
     )
 
 
-class _ListPickledAsLoaded(list[Any]):
-    """A list that pickles as it was when the configuration loaded."""
-
-    def __init__(self, value: list[Any], loaded: list[Any]) -> None:
-        super().__init__(value)
-        self.loaded = loaded
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (list, (self.loaded,))
-
-
-class _DictPickledAsLoaded(dict[str, Any]):
-    """A dict that pickles as it was when the configuration loaded."""
-
-    def __init__(self, value: dict[str, Any], loaded: dict[str, Any]) -> None:
-        super().__init__(value)
-        self.loaded = loaded
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self.loaded,))
-
-
 # Options that Sphinx and extensions add to after Sphinx has compared the loaded
 # configuration with the previous build's: Sphinx gives the CSS and JS files a
 # priority, sphinx-copybutton appends its static folder, sphinx-gallery keeps its
 # run state (titles, stale examples, source folder) in its conf dict. Sphinx then
-# pickles the grown values, so every no-op build reported "The configuration has
+# pickled the grown values, so every no-op build reported "The configuration has
 # changed (5 options ...)". Nothing was re-read because of it (none is an option
-# that invalidates pages), but a configuration should compare equal to itself.
+# that invalidates pages), but a configuration should compare equal to itself:
+# Sphinx now pickles these as they were loaded, and the build goes on with them
+# grown. (Swapped only around the pickling: sphinx-gallery's parallel workers
+# receive its conf by pickle too, and need the run state.)
 GROWN_LATER = (
     "html_css_files",
     "html_js_files",
@@ -257,26 +238,31 @@ GROWN_LATER = (
     "sphinx_gallery_conf",
 )
 _LOADED: dict[str, Any] = {}
+_GROWN: dict[str, Any] = {}
 
 
 def remember_loaded(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     _LOADED.update({name: copy.deepcopy(config[name]) for name in GROWN_LATER})
 
 
-def pickle_as_loaded(app: Sphinx) -> None:
+def pickle_as_loaded(app: Sphinx, env: Any) -> None:  # noqa: ARG001
+    """Just before Sphinx pickles the environment: the options as loaded."""
     for name in GROWN_LATER:
-        value = app.config[name]
-        wrapper = (
-            _ListPickledAsLoaded if isinstance(value, list) else _DictPickledAsLoaded
-        )
-        setattr(app.config, name, wrapper(value, _LOADED[name]))
+        _GROWN[name] = app.config[name]
+        setattr(app.config, name, _LOADED[name])
+
+
+def restore_grown(app: Sphinx, builder: Any) -> None:  # noqa: ARG001
+    """Once it has (writing starts after): the options as the extensions grew them."""
+    for name, value in _GROWN.items():
+        setattr(app.config, name, value)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
-    # Last, after Sphinx and sphinx-gallery have normalised these options; first
-    # at builder-inited, before anything grows them (and after Sphinx's type checks).
+    # Last, after Sphinx and sphinx-gallery have normalised these options.
     app.connect("config-inited", remember_loaded, priority=999)
-    app.connect("builder-inited", pickle_as_loaded, priority=1)
+    app.connect("env-updated", pickle_as_loaded, priority=999)
+    app.connect("write-started", restore_grown, priority=1)
     # The theme's own extension, loaded now instead of when the builder starts, so
     # that its option (pygments_dark_style) exists when the configuration is compared.
     app.setup_extension("furo")
