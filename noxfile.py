@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -18,6 +20,11 @@ nox.needs_version = ">=2025.2.9"
 # wheel); uv ignores it and would resolve torch to the CUDA build.
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["lint", "tests", "docs"]
+# nox probes for uv before each session and logs its absence; this project uses
+# venv + pip on purpose (above), so the line is noise.
+nox.logger.logger.addFilter(
+    lambda record: record.getMessage() != "uv binary not found."
+)
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DOCS = Path("docs")
@@ -36,16 +43,57 @@ GENERATED = [
 
 
 def install(session: nox.Session, group: str) -> None:
-    """Install torch first (pinned), then the project and one dependency group."""
+    """Install torch first (pinned), then the project and one dependency group.
+
+    Skipped when nothing it depends on changed since the last install into this
+    environment: pip's "already satisfied" pass alone costs seconds on every run.
+    """
+    venv = Path(session.virtualenv.location)
+    stamp = venv / "guide-install.stamp"
+    key = json.dumps(
+        {
+            "pyproject.toml": hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest(),
+            "TORCH_SPEC": TORCH_SPEC,
+            "TORCH_INDEX_URL": TORCH_INDEX_URL,
+            "group": group,
+            "python": (venv / "pyvenv.cfg").read_text(),  # interpreter and version
+        }
+    )  # fmt: skip
+    if stamp.exists() and stamp.read_text() == key:
+        session.log(f"{group} dependencies up to date: nothing to install")
+        return
+    stamp.unlink(missing_ok=True)
     index = ["--index-url", TORCH_INDEX_URL] if TORCH_INDEX_URL else []
-    session.install(TORCH_SPEC, *index)
-    session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, group))
+    session.log(f"installing {TORCH_SPEC}, then the {group!r} dependency group")
+    session.install(TORCH_SPEC, *index, silent=False)
+    session.install(
+        "-e", ".", *nox.project.dependency_groups(PYPROJECT, group), silent=False
+    )
+    # Kept only if the installs ran: run_install, like install, is skipped
+    # under --no-install (nox -R).
+    pending = stamp.with_suffix(".pending")
+    pending.write_text(key)
+    session.run_install(
+        "python", "-c", "import os, sys; os.replace(*sys.argv[1:])",
+        os.path.relpath(pending), os.path.relpath(stamp), silent=True,
+    )  # fmt: skip
+
+
+def check_guide_device(session: nox.Session) -> None:
+    """Stop at once, in one line, if GUIDE_DEVICE names a device the build cannot use."""
+    if os.environ.get("GUIDE_DEVICE"):
+        problem = session.run(
+            "python", "docs/_ext/build_info.py", silent=True, success_codes=[0, 1]
+        )
+        if problem:
+            session.error(str(problem).strip())
 
 
 @nox.session(reuse_venv=True)
 def docs(session: nox.Session) -> None:
     """Build the site into docs/_build/html; ``-- --serve`` live-reloads, ``-- --preview`` skips running code."""
     install(session, "docs")
+    check_guide_device(session)
     output = "html"
     if "--preview" in session.posargs:
         # Not executed: its own output folder and doctrees, so it never mixes
@@ -73,24 +121,38 @@ def docs(session: nox.Session) -> None:
             "--watch", "src",
             *paths,
             *sphinx_args,
+            # Anything else after -- goes to sphinx-autobuild: --port 8001, --host ...
+            *[arg for arg in session.posargs if arg not in {"--serve", "--preview"}],
         )  # fmt: skip
     else:
         session.run("sphinx-build", "-b", "html", *sphinx_args, *paths)
 
 
-@nox.session(reuse_venv=True)
+def docs_python(session: nox.Session) -> str:
+    """The docs session's Python, its environment created or brought up to date first.
+
+    bench and repro build the same site, so they share that environment instead
+    of installing two more of the same size (about 1.2 GB each).
+    """
+    session.run(sys.executable, "-m", "nox", "-s", "docs", "--install-only")
+    return str(Path(".nox", "docs", "bin", "python"))
+
+
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """Time cold, no-op and edited builds, and the library on a 1,000-layer model."""
-    install(session, "docs")
-    session.run("python", "benchmarks/build.py", *session.posargs)
-    session.run("python", "benchmarks/inventory.py")
+    python = docs_python(session)
+    session.run(
+        python, "benchmarks/build.py", *session.posargs,
+        env={"GUIDE_NOX_PYTHON": sys.executable},  # times plain `nox -s docs` too
+    )  # fmt: skip
+    session.run(python, "benchmarks/inventory.py")
 
 
-@nox.session(reuse_venv=True)
+@nox.session(venv_backend="none")
 def repro(session: nox.Session) -> None:
     """Build the site twice from scratch and check the pages are identical."""
-    install(session, "docs")
-    session.run("python", "benchmarks/reproducible.py")
+    session.run(docs_python(session), "benchmarks/reproducible.py")
 
 
 @nox.session(reuse_venv=True)
@@ -114,16 +176,36 @@ def browser(session: nox.Session) -> None:
     if not (BUILD / "html" / "index.html").exists():
         session.error("no built site: run nox -s docs first")
     install(session, "browser")
+    # Lighthouse, as package-lock.json pins it; again only when the lock changes.
+    lock = Path("tests/browser/package-lock.json")
+    installed = Path("tests/browser/node_modules/.package-lock.json")
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        session.run_install(
+            "npm", "ci", "--prefix", "tests/browser", "--no-audit", "--no-fund",
+            external=True,
+        )  # fmt: skip
     session.run("pytest", "tests/browser", f"--site={BUILD / 'html'}", *session.posargs)
 
 
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
-    """Ruff (check and format) on everything, mypy strict on the library."""
+    """Ruff, mypy strict on the library, and the hosting configs against their schemas."""
     install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    # The hosting configs, against the schemas these tools ship (no download).
+    workflows = sorted(str(path) for path in Path(".github/workflows").glob("*.yml"))
+    session.run("validate-pyproject", "pyproject.toml")
+    session.run(
+        "check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows
+    )
+    session.run(
+        "check-jsonschema",
+        "--builtin-schema",
+        "vendor.readthedocs",
+        ".readthedocs.yaml",
+    )
 
 
 @nox.session(reuse_venv=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tomllib
@@ -21,6 +22,16 @@ from thumbnails import write_thumbnails
 PREVIEW = os.environ.get("GUIDE_PREVIEW") == "1"
 # Before anything is written: a second build in this clone stops here, at once.
 hold_build_lock(DOCS / "_build")
+
+# -- Log: progress and problems, not configuration dumps -----------------------
+for _logger, _needle in [
+    ("sphinx.myst_parser.sphinx_ext.main", "myst v%s:"),  # its whole MdParserConfig
+    ("sphinx.myst_nb.sphinx_ext", "myst-nb v%s:"),  # its whole NbParserConfig
+    ("traitlets", "Executing notebook with kernel"),  # myst-nb says it already
+]:
+    logging.getLogger(_logger).addFilter(
+        lambda record, needle=_needle: needle not in str(record.msg)
+    )
 
 # -- Project ------------------------------------------------------------------
 PYPROJECT = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())

@@ -19,19 +19,30 @@ def build_device() -> Any:
     must never quietly turn into a CPU build.
     """
     import torch  # noqa: PLC0415 (slow import, only when the cached line is stale)
+    from sphinx.errors import ConfigError  # noqa: PLC0415
 
     best = torch.accelerator.current_accelerator(check_available=True)
     requested = os.environ.get("GUIDE_DEVICE")
     if not requested:
         return best or torch.device("cpu")
-    device = torch.device(requested)
-    if device.type != "cpu" and (best is None or best.type != device.type):
-        msg = (
-            f"GUIDE_DEVICE={requested!r} was requested but this torch "
-            f"({torch.__version__}) sees {best or 'no accelerator'}; install a torch "
-            "build for that device or unset GUIDE_DEVICE"
+    choices = ["cpu", *([best.type] if best else [])]
+    try:
+        device = torch.device(requested)
+    except RuntimeError:  # not a device string torch knows ("banana")
+        device = None
+    if device is None or device.type not in choices:
+        # ConfigError: Sphinx prints its message alone, without a traceback or
+        # its "programmable error in your configuration file" wrapper.
+        reason = (
+            "is not a device name"
+            if device is None
+            else f"is not present for torch {torch.__version__} on this machine"
         )
-        raise RuntimeError(msg)
+        msg = (
+            f"GUIDE_DEVICE={requested!r} {reason}; choose one of: {', '.join(choices)}, "
+            "or unset GUIDE_DEVICE to use the best device present"
+        )
+        raise ConfigError(msg)
     return device
 
 
@@ -111,3 +122,16 @@ def build_line(cache: Path) -> str:
     if commit := build_commit():
         line += f" · commit {commit}"
     return line
+
+
+if __name__ == "__main__":
+    # nox -s docs asks this before starting Sphinx, whose own report of a
+    # configuration error buries the one line that matters under a traceback.
+    import sys
+
+    from sphinx.errors import ConfigError
+
+    try:
+        build_device()
+    except ConfigError as error:
+        sys.exit(str(error))

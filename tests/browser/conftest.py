@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import gzip
+import io
 import os
 import threading
 import tomllib
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
@@ -25,6 +28,14 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 PAGE_WEIGHTS: dict[str, int] = {}
+LIGHTHOUSE_SCORES: dict[str, dict[str, object]] = {}
+COMPRESSED_TYPES = (
+    "text/",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "image/svg+xml",
+)
 ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"][
     "Repository"
@@ -57,7 +68,26 @@ def site(pytestconfig: pytest.Config) -> Path:
 
 
 class SiteHandler(SimpleHTTPRequestHandler):
-    """Serves the site under PREFIX, quietly."""
+    """Serves the site under PREFIX, quietly, gzipping text as GitHub Pages and Read
+    the Docs do (without it, page weights and Lighthouse scores are pessimistic)."""
+
+    def send_head(self) -> BinaryIO | None:
+        path = Path(self.translate_path(self.path))
+        kind = self.guess_type(str(path))
+        if (
+            "gzip" not in self.headers.get("Accept-Encoding", "")
+            or not path.is_file()
+            or not kind.startswith(COMPRESSED_TYPES)
+        ):
+            return super().send_head()  # directories, errors, images, archives
+        body = gzip.compress(path.read_bytes(), mtime=0)
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Vary", "Accept-Encoding")
+        self.end_headers()
+        return io.BytesIO(body)
 
     def translate_path(self, path: str) -> str:
         if path.startswith(PREFIX):
@@ -93,6 +123,19 @@ def browser() -> Iterator[Browser]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if LIGHTHOUSE_SCORES:
+        terminalreporter.write_line(
+            "Lighthouse (performance, accessibility, best practices, SEO):"
+        )
+        for page, scores in sorted(LIGHTHOUSE_SCORES.items()):
+            categories = ("performance", "accessibility", "best-practices", "seo")
+            line = "  ".join(f"{scores[name]:.2f}" for name in categories)  # type: ignore[str-format]
+            notes = ", ".join(
+                [*(["second run"] if scores.get("retried") else []), *scores["skipped"]]  # type: ignore[misc]
+            )
+            terminalreporter.write_line(
+                f"  {line}  {page}" + (f" ({notes})" if notes else "")
+            )
     if PAGE_WEIGHTS:
         heaviest = max(PAGE_WEIGHTS, key=PAGE_WEIGHTS.__getitem__)
         terminalreporter.write_line(

@@ -23,6 +23,7 @@ class LinkParser(HTMLParser):
         self.ids: set[str] = set()
         self.links: list[str] = []
         self.meta: dict[str, str] = {}
+        self.stylesheets: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
@@ -31,8 +32,11 @@ class LinkParser(HTMLParser):
         for attribute in ("href", "src"):
             if values.get(attribute) and tag in {"a", "link", "script", "img"}:
                 self.links.append(values[attribute] or "")
-        if tag == "meta" and values.get("property"):
-            self.meta[values["property"] or ""] = values.get("content") or ""
+        if tag == "meta" and (values.get("property") or values.get("name")):
+            key = values.get("property") or values.get("name") or ""
+            self.meta[key] = values.get("content") or ""
+        if tag == "link" and values.get("rel") == "stylesheet":
+            self.stylesheets.append(Path(urlsplit(values.get("href") or "").path).name)
 
 
 def parse(path: Path) -> LinkParser:
@@ -89,6 +93,35 @@ def test_publishing_comforts(site: Path) -> None:
     meta = parse(site / "auto_examples" / "02_register_buffer.html").meta
     assert meta["og:title"] == "Registering the mask as a buffer"
     assert meta["og:url"].endswith("/auto_examples/02_register_buffer.html")
+
+
+def test_every_page_says_what_it_teaches(site: Path) -> None:
+    descriptions = {
+        page: parse(site / page).meta.get("description", "")
+        for page in site_pages(site)
+    }
+    assert [page for page, text in descriptions.items() if len(text) < 40] == []
+    chapter = descriptions["auto_examples/01_mask_left_behind.html"]
+    assert chapter.startswith("A causal attention module keeps a mask")
+
+
+def test_pages_load_only_the_stylesheets_they_use(site: Path) -> None:
+    loaded = {page: parse(site / page).stylesheets for page in site_pages(site)}
+    notebook_pages = {
+        page
+        for page, names in loaded.items()
+        if 'class="cell' in (site / page).read_text()
+    }
+    assert notebook_pages == {"cheatsheet.html"}
+    for page, names in loaded.items():
+        assert any(name.startswith("mystnb.") for name in names) == (
+            page in notebook_pages
+        ), page
+        assert not {"sg_gallery-binder.css", "sg_gallery-dataframe.css"} & set(names), (
+            page
+        )
+    assert "sg_gallery.css" in loaded["auto_examples/01_mask_left_behind.html"]
+    assert "sg_gallery.css" not in loaded["index.html"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
