@@ -252,7 +252,7 @@ class Embedding(EmbeddingV2):
                     prefix + "running_avg"
                 )
             if prefix + "num_updates" not in state_dict:
-                # Unknown for old checkpoints: start at 0, as a fresh BatchNorm does.
+                # An old checkpoint's count is unknown: start at 0.
                 state_dict[prefix + "num_updates"] = torch.tensor(0)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
@@ -341,7 +341,7 @@ def migrate_v1(_module, state_dict, prefix, *_):
 library_model = Model(EmbeddingV2()).to(device)
 handle = library_model.embed.register_load_state_dict_pre_hook(migrate_v1)
 print(library_model.load_state_dict(v1_checkpoint, strict=True))
-handle.remove()  # the hook belongs to this instance only; remove it when done
+handle.remove()  # hooks belong to one instance; a handle takes one off again
 
 # sphinx_gallery_start_ignore
 assert torch.equal(
@@ -350,9 +350,18 @@ assert torch.equal(
 # sphinx_gallery_end_ignore
 
 # %%
-# Without the version in ``_metadata`` this hook cannot tell an old checkpoint
-# from a new one, so it decides from the keys alone, which is why the
-# migrations above never overwrite a key that is present.
+# ``EmbeddingV2`` never raised its ``_version``, so its own checkpoints record
+# version 1, exactly as v1's do: the version cannot tell them apart, and the
+# hook decides from the keys alone. That is also why the migrations above never
+# overwrite a key that is present.
+
+# sphinx_gallery_start_ignore
+assert (
+    Model(EmbeddingV2()).state_dict()._metadata["embed"]
+    == v1_checkpoint._metadata["embed"]
+    == {"version": 1}
+), "claim: EmbeddingV2's checkpoints record version 1 like v1's"
+# sphinx_gallery_end_ignore
 #
 # The same translation can of course be done once, outside the module: load
 # the old file, rename the keys, save a new file. That is fine for checkpoints

@@ -294,7 +294,9 @@ assert torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6), (
 # tensors: it puts the checkpoint's tensors in their place. On a meta-built
 # model that skips ``to_empty()`` altogether, so the model is never allocated
 # twice. The parameters and persistent buffers are now the checkpoint's own
-# tensors, and the non-persistent buffers stay on ``meta``:
+# tensors (training the model changes the loaded dictionary too, and two
+# models loaded from one dictionary share their weights), and the
+# non-persistent buffers stay on ``meta``:
 
 with torch.device("meta"):
     assigned = Attention()
@@ -307,6 +309,10 @@ print("qkv.weight is the checkpoint's tensor (same memory):", shares_storage)
 
 # sphinx_gallery_start_ignore
 assert shares_storage, "claim: assign=True uses the checkpoint's tensors, no copy"
+assert all(
+    tensor.data_ptr() == checkpoint[key].data_ptr()
+    for key, tensor in assigned.state_dict().items()
+), "claim: every loaded tensor is the checkpoint's own"
 still_meta = sorted(n for n, b in assigned.named_buffers() if b.is_meta)
 assert still_meta == sorted(non_persistent), (
     f"claim: after assign=True only the non-persistent buffers are on meta: {still_meta}"

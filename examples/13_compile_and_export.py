@@ -45,8 +45,8 @@ torch.manual_seed(123)
 # ------------------------
 # ``torch.compile`` first captures Python code into graphs (Dynamo), then hands
 # each graph to a backend that generates code (inductor by default). Dynamo keeps
-# counters in ``torch._dynamo.utils.counters``: graphs captured, graph breaks
-# with their reasons, frames it gave up on. Each experiment below starts with
+# counters in ``torch._dynamo.utils.counters``: graphs captured, the graph
+# breaks it records with their reasons, frames it gave up on. Each experiment below starts with
 # ``torch._dynamo.reset()``, which forgets every compiled function, and
 # ``counters.clear()``, so the numbers are this experiment's alone.
 
@@ -70,8 +70,9 @@ def dynamo_counts():
 # -------------------------------------------------
 # A running mean with a step counter, both buffers, both updated in place in
 # ``forward``. The first call of the compiled module compiles it, so its time
-# is the compile time. Inductor keeps compiled graphs in an on-disk cache; the
-# line below also says whether this build found the graph there.
+# is the compile time plus one run. Inductor keeps compiled graphs in an
+# on-disk cache; the line below also says whether this build found the graph
+# there (then the first call loads it instead of generating code).
 
 
 class RunningMean(nn.Module):
@@ -105,7 +106,7 @@ inductor_counts = dynamo_counts()
 inductor_ran = sum(counters["inductor"].values()) > 0
 inductor_cache = "hit" if counters["inductor"]["fxgraph_cache_hit"] else "miss"
 print(
-    f"compiling on the first call took {compile_seconds:.2f} seconds "
+    f"the first call (compiling, and one run) took {compile_seconds:.2f} seconds "
     f"(inductor's on-disk cache: {inductor_cache})"
 )
 print("Dynamo:", inductor_counts)
@@ -282,9 +283,10 @@ assert torch.allclose(int_model.mean, int_reference.mean, rtol=1e-5, atol=1e-6)
 #
 # A Python branch on a buffer: a graph break
 # ------------------------------------------
-# A warm-up that depends on the step counter, written with ``.item()``: Dynamo
-# cannot put a Python ``if`` on a tensor's value into a graph, so it breaks
-# the graph there and compiles the pieces around it.
+# A warm-up that depends on the step counter, written with ``.item()``:
+# ``.item()`` turns the buffer into a Python number, which Dynamo does not
+# trace (by default), so the graph breaks there; the code after the break is
+# compiled again whenever that number changes what it does.
 
 
 class WarmupScale(nn.Module):
@@ -334,6 +336,9 @@ for module_class in (WarmupScale, WarmupScaleInGraph):
             "claim: .item() on a buffer breaks the graph"
         )
         assert any("item()" in reason for reason in reasons), reasons
+        assert counts["graphs"] > 2, (
+            f"claim: the code after .item() recompiles: {counts}"
+        )
     else:
         assert counts == {"graphs": 1, "graph breaks": 0, "gave up": 0}, (
             f"claim: torch.where keeps the warm-up in one graph: {counts}"
