@@ -101,8 +101,9 @@ def run_on_ranks(job, *args, world_size=2, timeout=120):
         context.Process(target=worker, args=(job, rank, world_size, port, sender, args))
         for rank, (_, sender) in enumerate(pipes)
     ]
-    for process in processes:
+    for process, (_, sender) in zip(processes, pipes, strict=True):
         process.start()
+        sender.close()  # the worker's copy stays open: closed when it exits
     deadline = time.monotonic() + timeout  # bounded: a stuck rank fails the run
     results, problems = [], []
     try:
