@@ -20,6 +20,9 @@ BUILD = DOCS / "_build"
 # Pinned so pip takes the CPU wheel on these machines; override elsewhere, e.g.
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (see README).
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+# The newest torch the tests run on as well (tests_newest); on these machines a
+# CUDA build from local disk (about 5.5 GB in its venv) that runs on the CPU.
+TORCH_NEWEST = os.environ.get("TORCH_NEWEST", "torch==2.14.1")
 TORCH_INDEX_URL = os.environ.get("TORCH_INDEX_URL")
 GENERATED = [
     DOCS / "auto_examples",
@@ -30,10 +33,10 @@ GENERATED = [
 ]
 
 
-def install(session: nox.Session, group: str) -> None:
+def install(session: nox.Session, group: str, torch_spec: str = TORCH_SPEC) -> None:
     """Install torch first (pinned), then the project and one dependency group."""
     index = ["--index-url", TORCH_INDEX_URL] if TORCH_INDEX_URL else []
-    session.install(TORCH_SPEC, *index)
+    session.install(torch_spec, *index)
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, group))
 
 
@@ -90,6 +93,13 @@ def repro(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (library and chapters as scripts) on the CPU."""
     install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(reuse_venv=True)
+def tests_newest(session: nox.Session) -> None:
+    """Run the tests (library and chapters) on the newest torch tested, on the CPU."""
+    install(session, "test", torch_spec=TORCH_NEWEST)
     session.run("pytest", *session.posargs)
 
 

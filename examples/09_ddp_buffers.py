@@ -137,8 +137,7 @@ def run_on_ranks(job, *args, world_size=2, timeout=120):
 # The training run
 # ----------------
 # Each rank seeds its data with its rank number, so the two see different
-# batches. The model is seeded identically on both ranks (DDP would broadcast
-# rank 0's parameters at construction anyway). Each rank records its
+# batches. The model is seeded identically on both ranks. Each rank records its
 # ``running_mean`` right after the fifth and last training step, and again after
 # one forward pass in ``eval()``: the moment you would evaluate or save.
 
@@ -210,10 +209,10 @@ for moment in ("after last step", "after next forward"):
 # %%
 # Right after the last step the two ranks differ: the broadcast at the start of
 # that step gave rank 1 rank 0's statistics, and rank 1's own batch then moved
-# them. Only the next forward pass copies rank 0's statistics over again. So a
-# checkpoint or an evaluation taken between the last step and the next forward
-# sees a different model on each rank (save from rank 0, or run one forward
-# first). After that forward both ranks hold what rank 0 held:
+# them. Only the next forward pass through DDP copies rank 0's statistics over
+# again. So a checkpoint saved, or an evaluation run on ``ddp.module`` directly,
+# between the last step and that forward sees different statistics on each
+# rank: save from rank 0. After that forward both ranks hold what rank 0 held:
 
 assert not identical(with_broadcast, "after last step"), (
     "claim: with broadcast_buffers=True the ranks differ right after a step"
@@ -260,8 +259,8 @@ assert (
 # ----------------------------------------
 # ``nn.SyncBatchNorm`` computes each batch's statistics across all ranks, so
 # every rank's running statistics come from all the data. It needs the model on
-# a GPU (CUDA with NCCL, or XPU): DDP refuses it for a model on the CPU. What
-# this build's torch says when asked:
+# an accelerator that supports it (CUDA with NCCL, among others); for a model on
+# the CPU, DDP refuses it. What this build's torch says when asked:
 
 
 def sync_batchnorm(_rank):
@@ -278,6 +277,13 @@ def sync_batchnorm(_rank):
 refusals = run_on_ranks(sync_batchnorm)
 print("SyncBatchNorm in DDP on the CPU:", refusals[0] or "accepted")
 assert all(refusals), "claim: DDP refuses SyncBatchNorm for a model on the CPU"
+# sphinx_gallery_start_ignore
+import inspect
+
+assert '"cuda"' in inspect.getsource(nn.SyncBatchNorm.forward), (
+    "claim: SyncBatchNorm works on CUDA"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Which to choose

@@ -17,7 +17,6 @@ written in advance.
 # Where this page ran
 # -------------------
 
-import inspect
 import os
 import statistics
 
@@ -116,6 +115,8 @@ for i, length in enumerate(lengths):
             measurement = timer.blocked_autorange(min_run_time=0.1)
             runs[label][i].append(measurement.median * 1e3)
 # sphinx_gallery_start_ignore
+import inspect
+
 assert measurement.task_spec.num_threads == threads, "claim: timed on one thread"
 assert inspect.signature(benchmark.Timer).parameters["num_threads"].default == 1, (
     "claim: one thread is the Timer's default"
