@@ -48,10 +48,13 @@ print("torch.distributed available:", dist.is_available())
 # macOS, not on Windows); each joins the group, runs ``job(rank, ...)`` and sends
 # what it returns back through a pipe. The order of the last steps matters: the
 # report goes out first, over ``Pipe.send``, which has finished writing when it
-# returns; then the DDP model is freed and the process group destroyed; then the
-# worker leaves with ``os._exit``. Tearing gloo down in another order can
-# deadlock a process on its way out, and a report waiting in a background
-# thread (as with ``multiprocessing.Queue``) then never arrives.
+# returns; then the DDP model is freed, then the process group destroyed; then
+# the worker leaves with ``os._exit``. The other order, the group destroyed while
+# the DDP model lives on, lets a later garbage collection free the group from
+# inside DDP's destructor, holding Python's lock while it waits for gloo's
+# threads, which may need that lock: the process hangs on its way out, and a
+# report still waiting in a background thread (as with ``multiprocessing.Queue``)
+# never arrives.
 
 
 def worker(job, rank, world_size, port, connection, args):
