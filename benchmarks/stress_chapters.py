@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100, help="runs in all")
     parser.add_argument("--per-process", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=1800, help="s per process")
+    parser.add_argument(
+        "--examples", type=Path, default=EXAMPLES, help="chapters to run (to compare)"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -71,7 +74,7 @@ def main() -> None:
 
     # A snapshot of the chapters, so that editing them meanwhile changes no run.
     snapshot = Path(tempfile.mkdtemp(prefix="stress-chapters-"))
-    shutil.copytree(EXAMPLES, snapshot, dirs_exist_ok=True)
+    shutil.copytree(args.examples, snapshot, dirs_exist_ok=True)
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONFAULTHANDLER": "1"}
     done, failures, processes = 0, 0, 0
     seconds = defaultdict(list)
