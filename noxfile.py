@@ -32,6 +32,9 @@ BUILD = DOCS / "_build"
 # Pinned so pip takes the CPU wheel on these machines; override elsewhere, e.g.
 # TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (see README).
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+# The newest torch the tests run on as well (tests_newest); on these machines a
+# CUDA build from local disk (about 5.5 GB in its venv) that runs on the CPU.
+TORCH_NEWEST = os.environ.get("TORCH_NEWEST", "torch==2.14.1")
 TORCH_INDEX_URL = os.environ.get("TORCH_INDEX_URL")
 GENERATED = [
     DOCS / "auto_examples",
@@ -42,7 +45,7 @@ GENERATED = [
 ]
 
 
-def install(session: nox.Session, group: str) -> None:
+def install(session: nox.Session, group: str, torch_spec: str = TORCH_SPEC) -> None:
     """Install torch first (pinned), then the project and one dependency group.
 
     Skipped when nothing it depends on changed since the last install into this
@@ -53,7 +56,7 @@ def install(session: nox.Session, group: str) -> None:
     key = json.dumps(
         {
             "pyproject.toml": hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest(),
-            "TORCH_SPEC": TORCH_SPEC,
+            "TORCH_SPEC": torch_spec,
             "TORCH_INDEX_URL": TORCH_INDEX_URL,
             "group": group,
             "python": (venv / "pyvenv.cfg").read_text(),  # interpreter and version
@@ -64,8 +67,8 @@ def install(session: nox.Session, group: str) -> None:
         return
     stamp.unlink(missing_ok=True)
     index = ["--index-url", TORCH_INDEX_URL] if TORCH_INDEX_URL else []
-    session.log(f"installing {TORCH_SPEC}, then the {group!r} dependency group")
-    session.install(TORCH_SPEC, *index, silent=False)
+    session.log(f"installing {torch_spec}, then the {group!r} dependency group")
+    session.install(torch_spec, *index, silent=False)
     session.install(
         "-e", ".", *nox.project.dependency_groups(PYPROJECT, group), silent=False
     )
@@ -167,6 +170,13 @@ def build_checks(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (library and chapters as scripts) on the CPU."""
     install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(reuse_venv=True)
+def tests_newest(session: nox.Session) -> None:
+    """Run the tests (library and chapters) on the newest torch tested, on the CPU."""
+    install(session, "test", torch_spec=TORCH_NEWEST)
     session.run("pytest", *session.posargs)
 
 

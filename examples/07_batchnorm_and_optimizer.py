@@ -41,9 +41,18 @@ norm = model[1]
 for name, buffer in norm.named_buffers():
     print(f"buffer    {name:20} {buffer.dtype!s:12} {buffer.tolist()}")
 for name, parameter in norm.named_parameters():
-    print(
-        f"parameter {name:20} {parameter.dtype!s:12} requires_grad={parameter.requires_grad}"
-    )
+    grad = parameter.requires_grad
+    print(f"parameter {name:20} {parameter.dtype!s:12} requires_grad={grad}")
+# sphinx_gallery_start_ignore
+assert [n for n, _ in norm.named_parameters()] == ["weight", "bias"], (
+    "claim: BatchNorm1d has two parameters, a scale and a shift"
+)
+assert [n for n, _ in norm.named_buffers()] == [
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+], "claim: BatchNorm1d has three buffers: mean, variance, a batch counter"
+# sphinx_gallery_end_ignore
 
 # %%
 # ``forward`` updates buffers in ``train()``
@@ -59,20 +68,50 @@ with torch.no_grad():
 print("running_mean:", [round(v, 4) for v in norm.running_mean.tolist()])
 print("running_var: ", [round(v, 4) for v in norm.running_var.tolist()])
 print("num_batches_tracked:", norm.num_batches_tracked.item())
+# sphinx_gallery_start_ignore
+assert norm.running_mean.abs().sum() > 0, "claim: running stats move under no_grad"
+assert norm.num_batches_tracked.item() == 1, "claim: one batch counted"
+# sphinx_gallery_end_ignore
 
 # %%
 # With the default ``momentum=0.1`` each batch moves the running mean 10% of the
-# way to the batch mean. ``num_batches_tracked`` only counts, unless you build
-# the layer with ``momentum=None``; then the running statistics are a plain
-# cumulative average and the counter sets its weights:
+# way to the batch mean (here from zero, so it lands at a tenth of the batch
+# mean):
 
+with torch.no_grad():
+    batch_mean = model[0](batch).mean(dim=0)
+print("momentum:", norm.momentum)
+print("0.1 x batch mean:", [round(v, 4) for v in (0.1 * batch_mean).tolist()])
+assert torch.allclose(norm.running_mean, 0.1 * batch_mean, rtol=1e-4, atol=1e-6), (
+    "claim: momentum=0.1 moves the running mean 10% of the way to the batch mean"
+)
+
+# %%
+# ``num_batches_tracked`` only counts, unless you build the layer with
+# ``momentum=None``; then the running statistics are a plain cumulative average
+# and the counter sets its weights:
+
+# sphinx_gallery_start_ignore
+fresh, counted = nn.BatchNorm1d(1), nn.BatchNorm1d(1)
+counted.num_batches_tracked.fill_(1000)
+sample = torch.randn(8, 1)
+fresh(sample), counted(sample)
+assert torch.equal(fresh.running_mean, counted.running_mean), (
+    "claim: with a momentum, num_batches_tracked only counts"
+)
+# sphinx_gallery_end_ignore
 cumulative = nn.BatchNorm1d(1, momentum=None)
+means = []
 for value in (1.0, 2.0, 6.0):
     cumulative(torch.full((8, 1), value) + torch.linspace(-1, 1, 8).unsqueeze(1))
+    means.append(value)
     print(
         f"after a batch with mean {value}: running_mean "
         f"{cumulative.running_mean.item():.3f}, num_batches_tracked "
         f"{cumulative.num_batches_tracked.item()}"
+    )
+    assert abs(cumulative.running_mean.item() - sum(means) / len(means)) < 1e-5, (
+        "claim: momentum=None gives the plain average of the batch means so far"
     )
 
 # %%
@@ -80,10 +119,15 @@ for value in (1.0, 2.0, 6.0):
 # ----------------------------------
 
 model.eval()
-frozen = norm.running_mean.clone()
+frozen = {name: b.clone() for name, b in norm.named_buffers()}
 with torch.no_grad():
     model(batch)
-print("running_mean unchanged in eval():", torch.equal(frozen, norm.running_mean))
+unchanged = all(torch.equal(frozen[name], b) for name, b in norm.named_buffers())
+print(
+    "running_mean unchanged in eval():",
+    torch.equal(frozen["running_mean"], norm.running_mean),
+)
+assert unchanged, "claim: eval() freezes every BatchNorm buffer"
 
 # %%
 # What the optimizer sees
@@ -97,6 +141,12 @@ in_optimizer = [
 ]
 print("optimizer.param_groups:", in_optimizer)
 print("named_buffers():       ", [name for name, _ in model.named_buffers()])
+# sphinx_gallery_start_ignore
+optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+assert not any(id(b) in optimized for b in model.buffers()), (
+    "claim: buffers are not among the optimizer's tensors"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # So ``optimizer.step()`` changes parameters and never buffers, and ``forward``
@@ -113,35 +163,63 @@ def changed(since):
 
 
 loss = model(batch).pow(2).mean()
-print("changed by forward:         ", changed(snapshot))
+by_forward = changed(snapshot)
+print("changed by forward:         ", by_forward)
 snapshot = {name: t.detach().clone() for name, t in model.state_dict().items()}
 loss.backward()
 optimizer.step()
-print("changed by optimizer.step():", changed(snapshot))
+by_step = changed(snapshot)
+print("changed by optimizer.step():", by_step)
 print("gradients on buffers:", [b.grad for b in model.buffers()])
 print("gradient of 0.bias:", [f"{g:.1e}" for g in model[0].bias.grad.tolist()])
+print("0.bias moved by the step:", "0.bias" in by_step)
+# sphinx_gallery_start_ignore
+buffer_names = {name for name, _ in model.named_buffers()}
+parameter_names_set = set(parameter_names.values())
+assert by_forward, "claim: forward in train() changes buffers"
+assert set(by_forward) <= buffer_names, "claim: forward changes no parameter"
+assert by_step, "claim: optimizer.step() changes parameters"
+assert set(by_step) <= parameter_names_set, "claim: optimizer.step() changes no buffer"
+assert all(b.grad is None for b in model.buffers()), "claim: buffers got no gradient"
+assert model[0].bias.grad.abs().max() < 1e-5, "claim: 0.bias's gradient is ~zero"
+# sphinx_gallery_end_ignore
 
 # %%
-# ``0.bias`` is a parameter the step left alone: BatchNorm subtracts the batch
-# mean right after the ``Linear`` layer, so that bias gets a gradient that is
-# zero up to rounding, too small to move it (the reason such layers are usually
-# built with ``bias=False``).
+# ``0.bias`` is a parameter whose gradient is zero up to rounding: BatchNorm
+# subtracts the batch mean right after the ``Linear`` layer, so that bias cannot
+# change the output. The step moves it by a rounding error at most, often not
+# at all (the last line above says which happened here). That is why such
+# layers are usually built with ``bias=False``.
 
 # %%
 # A correction to the notebook
 # ----------------------------
-# "Buffers are not updated during training" holds for the optimizer and for
-# gradients: a buffer has none. It does not hold for the module: BatchNorm's
+# "Buffers are not updated during training" holds for the optimizer, and for
+# gradients by default: a buffer registered from an ordinary tensor gets none
+# (one registered from a tensor with ``requires_grad=True`` would, but nothing
+# registers BatchNorm's that way). It does not hold for the module: BatchNorm's
 # buffers change with every training batch, by design, and are saved in
 # ``state_dict()`` with their current values. A model evaluated without
 # ``model.eval()`` keeps changing them with every batch it sees, test data
 # included.
+
+# sphinx_gallery_start_ignore
+with_grad = nn.Module()
+with_grad.register_buffer("scale", torch.ones(2, requires_grad=True))
+(with_grad.scale * 2).sum().backward()
+assert with_grad.scale.grad is not None, "claim: a buffer that requires grad gets one"
+assert all(not b.requires_grad for b in model.buffers()), "claim: BN's don't"
+assert torch.equal(model.state_dict()["1.running_mean"], norm.running_mean), (
+    "claim: state_dict() saves the buffers' current values"
+)
+# sphinx_gallery_end_ignore
 #
 # What to remember
 # ----------------
-# - Buffers get no gradients and the optimizer never sees them, but ``forward``
-#   may update them: BatchNorm's running statistics change in ``train()`` (even
-#   under ``torch.no_grad()``) and freeze in ``eval()``.
+# - The optimizer never sees buffers, and they get no gradients unless
+#   registered from a tensor that requires one, but ``forward`` may update them:
+#   BatchNorm's running statistics change in ``train()`` (even under
+#   ``torch.no_grad()``) and freeze in ``eval()``.
 # - ``num_batches_tracked`` counts training batches; with ``momentum=None`` it
 #   turns the running statistics into a cumulative average.
 # - Call ``model.eval()`` before evaluating, or the buffers keep learning from

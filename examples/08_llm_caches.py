@@ -6,14 +6,17 @@ A language model generating text keeps two kinds of tensor that are neither
 weights nor data: a rotary-embedding table computed once from the configuration,
 and a key/value cache that grows with every generated token. Both must live on
 the model's device, and neither belongs in a checkpoint. This chapter builds a
-small GPT-style model that holds both as non-persistent buffers, generates a few
-tokens with the cache, and checks the result against generation without it.
+small GPT-style model that holds both as non-persistent buffers, checks the
+cached attention against the uncached one for prompts fed in chunks of any size,
+generates a few tokens with the cache, and shows what a dtype cast does to
+each buffer.
 """
 
 # %%
 # Where this page ran
 # -------------------
 
+import copy
 import os
 
 import torch
@@ -36,22 +39,38 @@ torch.manual_seed(123)
 # ``Rotary`` builds cos/sin tables for every position up to the context length,
 # in float32, and registers them with ``persistent=False``: the configuration
 # rebuilds them exactly. ``Attention`` preallocates its cache for the whole
-# context (``k_cache``, ``v_cache``) and fills it position by position.
+# context (``k_cache``, ``v_cache``) and fills it position by position. It also
+# keeps a boolean causal mask as a buffer, in the convention of
+# ``scaled_dot_product_attention``: ``True`` means *may attend* (the book's mask
+# is the opposite, ``True`` where a score is hidden). A chunk of ``t`` new
+# tokens after ``earlier`` cached ones takes rows ``earlier .. earlier + t - 1``
+# of it, so each new token sees the cache and the new tokens up to its own
+# position.
 
 
 class Rotary(nn.Module):
     def __init__(self, head_dim, context_length):
         super().__init__()
-        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)
-        angles = torch.outer(torch.arange(context_length), inv_freq)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim, self.context_length = head_dim, context_length
+        cos, sin = self.table()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def table(self, device=None):
+        """cos and sin of every position's angles, computed in float32."""
+        inv_freq = 1.0 / 10000 ** (
+            torch.arange(0, self.head_dim, 2, device=device) / self.head_dim
+        )
+        angles = torch.outer(torch.arange(self.context_length, device=device), inv_freq)
+        return angles.cos(), angles.sin()
 
     def forward(self, x, start):
         cos = self.cos[start : start + x.shape[-2]]
         sin = self.sin[start : start + x.shape[-2]]
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        # Rotated in the table's dtype, returned in x's (they differ after the
+        # float32 table is restored in a half-precision model, further down).
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -64,6 +83,9 @@ class Attention(nn.Module):
         shape = (batch_size, heads, context_length, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+        # True = may attend, the convention of SDPA's boolean attn_mask.
+        causal = torch.ones(context_length, context_length, dtype=torch.bool).tril()
+        self.register_buffer("causal", causal, persistent=False)
 
     def forward(self, x, start=0, use_cache=False):
         b, t, dim = x.shape
@@ -74,8 +96,11 @@ class Attention(nn.Module):
             self.k_cache[:b, :, start : start + t] = k
             self.v_cache[:b, :, start : start + t] = v
             k, v = self.k_cache[:b, :, : start + t], self.v_cache[:b, :, : start + t]
-        # A new token attends to all cached ones; a prompt is causal.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        # The t queries sit at positions earlier .. earlier + t - 1 of the keys;
+        # each may see the keys up to its own position.
+        earlier = k.shape[-2] - t  # keys cached before this chunk (0 without cache)
+        mask = self.causal[earlier : earlier + t, : earlier + t]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, t, dim))
 
 
@@ -111,6 +136,30 @@ class TinyGPT(nn.Module):
 
 
 # %%
+# Why not ``is_causal=True``
+# --------------------------
+# It is tempting to pass ``is_causal=True`` and no mask. With a cache, the queries
+# are the last ``t`` positions and the keys are all ``earlier + t``;
+# ``is_causal=True`` aligns its triangle to the *top left*, as if the queries
+# were the first ``t`` positions. Three queries against five keys, on this
+# build's device:
+
+q, k, v = (torch.randn(1, 1, n, 8, device=device) for n in (3, 5, 5))
+top_left = torch.ones(3, 5, dtype=torch.bool, device=device).tril()
+bottom_right = torch.ones(3, 5, dtype=torch.bool, device=device).tril(diagonal=2)
+is_causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+top_left_out = F.scaled_dot_product_attention(q, k, v, attn_mask=top_left)
+bottom_right_out = F.scaled_dot_product_attention(q, k, v, attn_mask=bottom_right)
+print("rows each query may attend to, the cache's way:")
+print(bottom_right.int())
+is_top_left = torch.allclose(is_causal, top_left_out, rtol=1e-4, atol=1e-5)
+is_bottom_right = torch.allclose(is_causal, bottom_right_out, rtol=1e-4, atol=1e-5)
+print("is_causal=True matches the top-left triangle:", is_top_left)
+print("is_causal=True matches the cache's triangle: ", is_bottom_right)
+assert is_top_left, "claim: SDPA's is_causal=True aligns its triangle top-left"
+assert not is_bottom_right, "claim: is_causal=True is wrong for a chunk after a cache"
+
+# %%
 # The caches follow ``.to(device)``
 # ---------------------------------
 
@@ -118,9 +167,45 @@ model = TinyGPT().to(device).eval()
 for name, buffer in model.named_buffers():
     if name.startswith("blocks.0"):
         print(f"{name:26} {tuple(buffer.shape)!s:16} {buffer.device}")
-print(
-    "buffers in state_dict:",
-    [n for n, _ in model.named_buffers() if n in model.state_dict()],
+saved_buffers = [n for n, _ in model.named_buffers() if n in model.state_dict()]
+print("buffers in state_dict:", saved_buffers)
+# sphinx_gallery_start_ignore
+assert all(b.device.type == device.type for b in model.buffers()), (
+    "claim: the caches follow .to(device)"
+)
+assert saved_buffers == [], "claim: persistent=False keeps them out of state_dict"
+assert model.blocks[0].attn.k_cache.shape[2] == 64, "claim: cache sized for context"
+# sphinx_gallery_end_ignore
+
+# %%
+# The cache checked against no cache
+# ----------------------------------
+# Ten tokens fed in chunks, each chunk attending to the cache filled by the
+# ones before, must give the same logits as the whole sequence at once without
+# a cache, whatever the chunk sizes: one token at a time, a prefill of three
+# then two, or uneven chunks. The largest logit difference for each pattern:
+
+tokens = torch.randint(0, 100, (1, 10), device=device)
+with torch.no_grad():
+    reference = model(tokens)
+
+
+@torch.no_grad()
+def chunked(model, tokens, sizes):
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(model(tokens[:, start : start + size], start, use_cache=True))
+        start += size
+    return torch.cat(pieces, dim=1)
+
+
+chunk_differences = {}
+for sizes in [(10,), (1,) * 10, (3, 2, 5), (5, 1, 4), (2, 2, 2, 2, 2), (9, 1)]:
+    difference = (chunked(model, tokens, sizes) - reference).abs().max().item()
+    chunk_differences[sizes] = difference
+    print(f"chunks {sizes!s:33} largest logit difference {difference:.1e}")
+assert all(d < 1e-4 for d in chunk_differences.values()), (
+    "claim: the cached attention matches the uncached one for any chunk sizes"
 )
 
 # %%
@@ -155,20 +240,31 @@ def generate_uncached(model, prompt, new_tokens):
     return tokens, torch.stack(steps)
 
 
+for attention in (block.attn for block in model.blocks):  # start from empty caches
+    attention.k_cache.zero_()
+    attention.v_cache.zero_()
 cached_tokens, cached_logits = generate_cached(model, prompt, new_tokens=8)
 plain_tokens, plain_logits = generate_uncached(model, prompt, new_tokens=8)
 print("with cache:   ", cached_tokens.tolist())
 print("without cache:", plain_tokens.tolist())
 print("same tokens:", torch.equal(cached_tokens, plain_tokens))
 print("largest logit difference:", (cached_logits - plain_logits).abs().max().item())
+# sphinx_gallery_start_ignore
+assert torch.equal(cached_tokens, plain_tokens), "claim: the cache changes no token"
+# sphinx_gallery_end_ignore
 
 # %%
-# The cache now holds keys for the prompt and the generated tokens, on the
+# The cache now holds keys for the prompt and every generated token, on the
 # model's device, and nothing beyond:
 
 filled = model.blocks[0].attn.k_cache[0, 0].abs().sum(dim=-1) > 0
 print("cache positions filled:", int(filled.sum()), "of", filled.numel())
 print("cache device:", model.blocks[0].attn.k_cache.device)
+# sphinx_gallery_start_ignore
+assert int(filled.sum()) == cached_tokens.shape[1], (
+    "claim: the cache holds every position fed to the model, and nothing beyond"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Why ``persistent=False``
@@ -183,6 +279,46 @@ weights = sum(t.numel() * t.element_size() for t in state.values())
 all_buffers = sum(b.numel() * b.element_size() for b in model.buffers())
 print(f"state_dict: {len(state)} tensors, {weights:,} bytes")
 print(f"buffers left out: {all_buffers:,} bytes")
+
+# %%
+# What a dtype cast does to them
+# ------------------------------
+# ``.half()`` casts every floating-point buffer along with the weights: the
+# caches (which is what you want: keys and values in the model's dtype) and the
+# rotary table (which chapter 6 shows costs precision). The boolean mask keeps
+# its dtype. On a copy:
+
+half_model = copy.deepcopy(model).half()
+rotary = half_model.blocks[0].attn.rotary
+half_dtypes = {
+    name: str(b.dtype).removeprefix("torch.")
+    for name, b in half_model.blocks[0].attn.named_buffers()
+}
+print("after .half():", half_dtypes)
+full_cos = model.blocks[0].attn.rotary.cos
+table_error = (rotary.cos.float() - full_cos).abs().max().item()
+print(f"rotary table after .half(): largest error {table_error:.1e}")
+assert half_dtypes["rotary.cos"] == half_dtypes["k_cache"] == "float16", (
+    "claim: .half() casts the rotary table and the cache"
+)
+assert half_dtypes["causal"] == "bool", "claim: .half() leaves a bool buffer alone"
+
+# %%
+# To keep the table in float32 in a half-precision model, rebuild it after the
+# cast: assigning a tensor to a buffer's name replaces the buffer (it stays a
+# non-persistent buffer). ``Rotary.forward`` rotates in the table's dtype and
+# returns the input's.
+
+for module in half_model.modules():
+    if isinstance(module, Rotary):
+        module.cos, module.sin = module.table(module.cos.device)
+print("rebuilt:", rotary.cos.dtype, "buffer:", "cos" in dict(rotary.named_buffers()))
+print(
+    "still out of state_dict:",
+    "blocks.0.attn.rotary.cos" not in half_model.state_dict(),
+)
+assert rotary.cos.dtype == torch.float32, "claim: the table is float32 again"
+assert torch.equal(rotary.cos, full_cos), "claim: rebuilt exactly"
 
 # %%
 # Where real models do this
@@ -201,9 +337,12 @@ print(f"buffers left out: {all_buffers:,} bytes")
 #
 # What to remember
 # ----------------
-# - Rotary tables and key/value caches belong in buffers, so ``.to(device)`` and
-#   ``.half()`` handle them with the weights.
+# - Rotary tables and key/value caches belong in buffers, so ``.to(device)``
+#   moves them with the weights.
+# - A dtype cast such as ``.half()`` casts them too: right for a cache, a loss of
+#   precision for a rotary table; rebuild the table in float32 after the cast.
 # - Register them with ``persistent=False``: the configuration rebuilds the
 #   table, and a cache is run-time state, not a learned value.
-# - A cache is easy to get subtly wrong; compare cached against uncached
-#   generation, as above, whenever you change it.
+# - With a cache, ``is_causal=True`` is wrong for a chunk after the first: give
+#   SDPA a mask aligned to the end of the keys, and compare cached against
+#   uncached output, for several chunk sizes, whenever you change it.

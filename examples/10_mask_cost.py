@@ -7,9 +7,10 @@ forward pass of one causal attention layer three ways: with the mask registered
 as a buffer (the book's approach), with the mask rebuilt in every forward pass
 (what people write to avoid buffers), and with
 ``scaled_dot_product_attention(is_causal=True)``, which needs no mask tensor. The
-numbers are medians measured when this page was built, on the device named
-below; on other hardware they will differ, and the conclusions printed at the
-end are computed from these numbers, not written in advance.
+numbers are medians of repeated measurements taken when this page was built, on
+the device named below, with their spread; on other hardware they will differ,
+and the conclusions printed at the end are computed from these numbers, not
+written in advance.
 """
 
 # %%
@@ -17,6 +18,7 @@ end are computed from these numbers, not written in advance.
 # -------------------
 
 import os
+import statistics
 
 import matplotlib.pyplot as plt
 import torch
@@ -81,69 +83,117 @@ for label, mode in modes.items():
 x = torch.randn(2, 256, 256, device=device)
 with torch.no_grad():
     outputs = [layer(x) for layer in layers.values()]
-print(
-    "all three agree:", all(torch.allclose(outputs[0], o, atol=1e-4) for o in outputs)
-)
+agree = all(torch.allclose(outputs[0], o, rtol=1e-4, atol=1e-4) for o in outputs)
+print("all three agree (to 1e-4):", agree)
+assert agree, "claim: the three layers compute the same attention"
 
 # %%
 # Timing
 # ------
-# ``torch.utils.benchmark.Timer`` warms up, synchronises the device where that
-# matters, and repeats each measurement until it has at least 0.2 s of runs; we
-# keep its median.
+# ``torch.utils.benchmark.Timer`` warms up, synchronises an accelerator before
+# reading the clock, and repeats the statement until it has at least 0.1 s of
+# runs; its median is one measurement. Each layer is measured ``REPEATS`` times,
+# the three layers taking turns so that a slow moment of a shared machine hits
+# all three alike; the table gives the median of those measurements and their
+# range. The timer runs on one thread, its default, whatever torch would use
+# here (printed at the top): one thread is steadier on a shared machine, and
+# compares the three layers rather than how each spreads over cores.
 
+REPEATS = 5
+threads = 1  # benchmark.Timer's default, passed explicitly to name it
 lengths = [128, 256, 512, 1024]
-medians = {label: [] for label in layers}
-for length in lengths:
+runs = {label: [[] for _ in lengths] for label in layers}  # ms, per length
+for i, length in enumerate(lengths):
     x = torch.randn(2, length, 256, device=device)
-    for label, layer in layers.items():
-        timer = benchmark.Timer(
-            stmt="with torch.no_grad(): layer(x)",
-            globals={"layer": layer, "x": x, "torch": torch},
-        )
-        medians[label].append(timer.blocked_autorange(min_run_time=0.2).median * 1e3)
+    for _ in range(REPEATS):
+        for label, layer in layers.items():
+            timer = benchmark.Timer(
+                stmt="with torch.no_grad(): layer(x)",
+                globals={"layer": layer, "x": x, "torch": torch},
+                num_threads=threads,
+            )
+            measurement = timer.blocked_autorange(min_run_time=0.1)
+            runs[label][i].append(measurement.median * 1e3)
+# sphinx_gallery_start_ignore
+import inspect
 
+assert measurement.task_spec.num_threads == threads, "claim: timed on one thread"
+assert inspect.signature(benchmark.Timer).parameters["num_threads"].default == 1, (
+    "claim: one thread is the Timer's default"
+)
+assert "synchronize" in inspect.getsource(benchmark.utils.timer.timer), (
+    "claim: the default timer synchronises an accelerator"
+)
+# sphinx_gallery_end_ignore
+medians = {
+    label: [statistics.median(r) for r in values] for label, values in runs.items()
+}
+
+timer_threads = measurement.task_spec.num_threads
+print(f"timer threads: {timer_threads} (torch here: {torch.get_num_threads()})")
+print(f"{REPEATS} measurements per cell: median [range], ms")
 print(f"{'tokens':>6}  " + "  ".join(f"{label:>26}" for label in layers))
 for i, length in enumerate(lengths):
-    print(
-        f"{length:>6}  "
-        + "  ".join(f"{medians[label][i]:>23.3f} ms" for label in layers)
+    cells = (
+        f"{medians[label][i]:.3f} [{min(runs[label][i]):.3f}-{max(runs[label][i]):.3f}]"
+        for label in layers
     )
+    print(f"{length:>6}  " + "  ".join(f"{cell:>26}" for cell in cells))
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
 for (label, values), marker in zip(medians.items(), "osD", strict=True):
-    ax.plot(lengths, values, marker=marker, label=label)
+    lows = [min(r) for r in runs[label]]
+    highs = [max(r) for r in runs[label]]
+    (line,) = ax.plot(lengths, values, marker=marker, label=label)
+    ax.fill_between(lengths, lows, highs, color=line.get_color(), alpha=0.2)
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("sequence length (tokens)")
-ax.set_ylabel("forward pass, median (ms)")
-ax.set_title(f"One causal attention layer, batch 2, on {device}")
+ax.set_ylabel("forward pass, ms (median, range shaded)")
+ax.set_title(f"One causal attention layer, batch 2, on {device}, {threads} threads")
 ax.legend()
 plt.show()
 
 # %%
 # What these numbers say
 # ----------------------
-# Computed from the medians above, for the longest sequence measured:
+# Computed from the measurements above, for the longest sequence. A difference
+# counts as measured only when the two ranges of repeated measurements do not
+# overlap; otherwise this page says there was no measurable difference.
 
 longest = -1
-buffer_ms = medians["registered mask buffer"][longest]
-rebuilt_ms = medians["mask rebuilt each forward"][longest]
-sdpa_ms = medians["sdpa is_causal=True"][longest]
-print(f"at {lengths[longest]} tokens on {device}:")
-print(f"  rebuilding the mask costs {rebuilt_ms / buffer_ms:.2f}x the buffered version")
-print(
-    f"  sdpa is_causal=True runs in {sdpa_ms / buffer_ms:.2f}x the buffered version's time"
-)
+
+
+def compare(label, against="registered mask buffer"):
+    """The sentence these measurements support about ``label`` against ``against``."""
+    mine, theirs = runs[label][longest], runs[against][longest]
+    ratio = medians[label][longest] / medians[against][longest]
+    if min(mine) > max(theirs):
+        verdict = "slower"
+    elif max(mine) < min(theirs):
+        verdict = "faster"
+    else:
+        verdict = "no measurable difference here (the ranges overlap)"
+    return verdict, f"{label}: {ratio:.2f}x the {against}'s median time, {verdict}"
+
+
+print(f"at {lengths[longest]} tokens on {device}, timer threads {threads}:")
+verdicts = {}
+for label in ("mask rebuilt each forward", "sdpa is_causal=True"):
+    verdicts[label], sentence = compare(label)
+    print(f"  {sentence}")
 fastest = min(layers, key=lambda label: medians[label][longest])
-print(f"  fastest here: {fastest}")
+print(f"  lowest median here: {fastest}")
 
 # %%
 # What to remember
 # ----------------
-# - A registered mask costs memory but no time to build; a mask rebuilt in every
-#   forward pass costs the time printed above on this device.
+# - A registered mask costs memory, built once; a mask rebuilt in every forward
+#   pass costs building time on every call, which may or may not be measurable
+#   next to the attention itself: the verdict above is this device's.
 # - ``scaled_dot_product_attention(is_causal=True)`` needs no mask tensor at all,
 #   and on many devices it dispatches to fused kernels; whether it is the fastest
 #   of the three on yours is a measurement, like the one above, not an assumption.
+# - Time with repeats and look at the spread before concluding, and say how many
+#   threads the timer used: ``torch.utils.benchmark.Timer`` uses one unless told.
