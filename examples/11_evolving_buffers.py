@@ -4,8 +4,8 @@ Changing a buffer without breaking old checkpoints
 
 Code changes; checkpoints stay. Make a buffer non-persistent, rename it, or add
 a new one, and every checkpoint saved before the change stops loading (a
-``position_ids`` buffer made non-persistent in a popular model library broke
-dozens of projects; BatchNorm checkpoints saved before ``num_batches_tracked``
+``position_ids`` buffer made non-persistent in a popular model library is a
+well-known case; BatchNorm checkpoints saved before ``num_batches_tracked``
 existed lack that key). This chapter breaks a checkpoint in all three ways,
 then fixes it the way torch fixes BatchNorm: a module version stored in every
 checkpoint and a load hook that migrates old keys, so that the old checkpoint
@@ -149,6 +149,9 @@ assert sorted(skipped.unexpected_keys) == ["embed.position_ids", "embed.running_
 )
 assert not model_v2.embed.running_mean.any(), (
     "claim: strict=False leaves the renamed statistic at its initial zeros"
+)
+assert model_v2.embed.num_updates.item() == 0, (
+    "claim: and the added buffer at its initial value"
 )
 # sphinx_gallery_end_ignore
 

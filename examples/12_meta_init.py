@@ -128,7 +128,7 @@ assert not set(non_persistent) & set(checkpoint), (
 # ----------------------
 # Build on ``meta``: every tensor has a shape and a dtype but no data, and
 # construction costs no memory however large the model. ``to_empty()`` then
-# allocates real, uninitialised memory on the device (``torch.empty``) for
+# allocates real, uninitialised memory on the device (``torch.empty_like``) for
 # every parameter and buffer, and ``load_state_dict`` fills it.
 
 with torch.device("meta"):
@@ -136,6 +136,12 @@ with torch.device("meta"):
 print("before to_empty:", model.rotary.inv_freq)
 # sphinx_gallery_start_ignore
 assert all(t.is_meta for t in model.state_dict().values()), "claim: all on meta"
+with torch.device("meta"):
+    huge = nn.Linear(200_000, 200_000)  # 160 GB of float32 weights, if allocated
+assert huge.weight.is_meta, "claim: construction on meta allocates nothing"
+import inspect
+
+assert "empty_like" in inspect.getsource(nn.Module.to_empty), "claim: to_empty uses it"
 # sphinx_gallery_end_ignore
 model.to_empty(device=device)
 result = model.load_state_dict(checkpoint)
@@ -166,7 +172,7 @@ assert all(restored[name] for name in checkpoint), (
 
 # %%
 # What the two non-persistent buffers hold is whatever the allocator handed
-# ``to_empty()``: it changes from run to run, and by chance it can be zeros or
+# ``to_empty()``: it can change from run to run, and by chance it can be zeros or
 # even the right values (when the memory last held the same numbers). This is
 # what this build found:
 
