@@ -340,9 +340,6 @@ assert abs(range_fixed_loss - torch_loss) < 1e-3 * torch_loss, (
 assert scale_fixed_loss > 10 * max(hand_loss, torch_loss), (
     "claim: fixing only output_scale makes the loss much larger"
 )
-print(
-    f"only input_range fixed: {range_fixed_loss:.4f}, only output_scale fixed: {scale_fixed_loss:.4f}"
-)
 # sphinx_gallery_end_ignore
 
 # %%
