@@ -246,9 +246,9 @@ print("ema.module.state_dict() loads into a plain model: yes")
 # - ``output_scale``: a plain tensor attribute that the training script sets from
 #   the data after the model is built.
 #
-# Both scales are 0-dim tensors: a plain attribute is not moved by ``.to()``, and
-# torch lets a 0-dim CPU tensor join arithmetic on any device, where a ``(1,)``
-# CPU tensor would raise on a GPU.
+# ``output_scale`` is a 0-dim tensor: a plain attribute is not moved by
+# ``.to()``, and torch lets a 0-dim CPU tensor join arithmetic on another
+# device, where a ``(1,)`` CPU tensor raises.
 
 
 class RangeScaled(nn.Module):
@@ -316,6 +316,17 @@ assert torch_ema.module.output_scale.item() == 1.0, (
     "claim: AveragedModel leaves plain attributes behind too"
 )
 # sphinx_gallery_start_ignore
+other_device = device if device.type != "cpu" else torch.device("meta")
+on_other_device = torch.ones(2, 1, device=other_device)
+assert (on_other_device * torch.ones(())).device == other_device, (
+    "claim: a 0-dim CPU tensor joins arithmetic on another device"
+)
+try:
+    on_other_device * torch.ones(1)
+    mixed_error = None
+except RuntimeError as error:
+    mixed_error = error
+assert mixed_error is not None, "claim: a (1,) CPU tensor on another device raises"
 assert RangeScaled().to("meta").output_scale.device.type == "cpu", (
     "claim: .to() does not move a plain tensor attribute"
 )
