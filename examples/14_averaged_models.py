@@ -2,7 +2,7 @@ r"""
 Averaged models: SWA, EMA and their buffers
 ===========================================
 
-Averaging the weights a model passes through while it trains often gives a
+Averaging the weights a model passes through while it trains can give a
 better model than the last weights: stochastic weight averaging (SWA) takes the
 plain mean of snapshots, an exponential moving average (EMA) weights recent
 ones more. ``torch.optim.swa_utils.AveragedModel`` does both. Averaging is
@@ -154,11 +154,15 @@ assert all(gap > 1e-3 for gap, _, _ in before.values()), (
 # ``torch.optim.swa_utils.update_bn(loader, model)`` resets every BatchNorm's
 # running statistics, sets ``momentum=None`` (a cumulative average), runs one
 # pass over the data in ``train()`` under ``no_grad``, and restores momentum and
-# mode. The loader can be anything that yields batches: a ``DataLoader``, or
+# mode (here ``momentum=0.1`` and ``train()`` again). The loader can be anything that yields batches: a ``DataLoader``, or
 # here the list of ``(x, y)`` pairs (it takes the first element of each).
 
 for network in averaged.values():
     update_bn(batches, network)
+# sphinx_gallery_start_ignore
+assert swa.module[1].momentum == 0.1, "claim: update_bn restores momentum"
+assert swa.training, "claim: update_bn restores the mode"
+# sphinx_gallery_end_ignore
 after = {label: audit(network.module) for label, network in averaged.items()}
 show(after)
 for label in averaged:
@@ -177,17 +181,23 @@ per_batch_variances = torch.stack([f.var(0) for f in swa_features.split(64)])
 assert torch.allclose(
     swa.module[1].running_var, per_batch_variances.mean(0), rtol=1e-4, atol=1e-6
 ), "claim: update_bn's running_var is the average of the per-batch variances"
-assert all(ratio > 1.0001 for _, ratio, _ in after.values()), (
-    "claim: the running variance is close but not exact"
+assert all(1.0001 < ratio < 1.1 for _, ratio, _ in after.values()), (
+    "claim: the running variance is close (within 10%) but not exact"
+)
+swa_var_ratio = swa.module[1].running_var / swa_features.var(0)
+assert swa_var_ratio.min() < 1 < swa_var_ratio.max(), (
+    "claim: the averaged per-batch variance is off in either direction"
 )
 assert "use_buffers=True" in AveragedModel.__doc__, "claim: torch's docs show this EMA"
 # sphinx_gallery_end_ignore
 
 # %%
 # Now every running mean is the true mean of the input its layer sees, to float
-# precision. The running variance is close but not exact: ``update_bn`` averages
-# the eight per-batch variances, which leave out how much the batch means differ
-# from each other. Whether it lowers the loss depends on the model and data (the
+# precision: ``update_bn`` averages the eight per-batch means with equal weight,
+# and here the layer is the first BatchNorm and the batches have the same size.
+# The running variance is close but not exact: ``update_bn`` averages the eight
+# per-batch (unbiased) variances, which is not the variance over all the data,
+# and is off in either direction (some features above it, some below). Whether it lowers the loss depends on the model and data (the
 # lines above say what it did here); that the statistics then belong to the
 # weights does not.
 #
@@ -198,6 +208,11 @@ assert "use_buffers=True" in AveragedModel.__doc__, "claim: torch's docs show th
 # load it:
 
 print("first keys:", list(ema.state_dict())[:3])
+# sphinx_gallery_start_ignore
+assert set(ema.state_dict()) == {"n_averaged"} | {
+    f"module.{key}" for key in ema.module.state_dict()
+}, "claim: the wrapper saves the model under module. and only n_averaged besides"
+# sphinx_gallery_end_ignore
 try:
     make_model().load_state_dict(ema.state_dict())
     load_error = None
@@ -230,6 +245,10 @@ print("ema.module.state_dict() loads into a plain model: yes")
 #   ``persistent=False`` so that older checkpoints still load;
 # - ``output_scale``: a plain tensor attribute that the training script sets from
 #   the data after the model is built.
+#
+# ``output_scale`` is a 0-dim tensor: a plain attribute is not moved by
+# ``.to()``, and torch lets a 0-dim CPU tensor join arithmetic on another
+# device, where a ``(1,)`` CPU tensor raises.
 
 
 class RangeScaled(nn.Module):
@@ -237,7 +256,7 @@ class RangeScaled(nn.Module):
         super().__init__()
         self.linear = nn.Linear(4, 1)
         self.register_buffer("input_range", torch.ones(4), persistent=False)
-        self.output_scale = torch.ones(1)  # plain attribute: not a buffer
+        self.output_scale = torch.ones(())  # plain attribute: not a buffer
 
     def forward(self, x):
         if self.training:
@@ -261,7 +280,7 @@ hand_ema = copy.deepcopy(scaled)
 torch_ema = AveragedModel(
     scaled, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True
 )
-scaled.output_scale = linear_targets.std().reshape(1)  # set once the data is known
+scaled.output_scale = linear_targets.std()  # set once the data is known
 linear_batches = list(zip(inputs.split(64), linear_targets.split(64), strict=True))
 optimizer = torch.optim.SGD(scaled.parameters(), lr=0.01)
 for _ in range(EPOCHS):
@@ -296,15 +315,56 @@ assert hand_ema.output_scale.item() == 1.0, "claim: plain attributes are left be
 assert torch_ema.module.output_scale.item() == 1.0, (
     "claim: AveragedModel leaves plain attributes behind too"
 )
+# sphinx_gallery_start_ignore
+other_device = device if device.type != "cpu" else torch.device("meta")
+on_other_device = torch.ones(2, 1, device=other_device)
+assert (on_other_device * torch.ones(())).device == other_device, (
+    "claim: a 0-dim CPU tensor joins arithmetic on another device"
+)
+try:
+    on_other_device * torch.ones(1)
+    mixed_error = None
+except RuntimeError as error:
+    mixed_error = error
+assert mixed_error is not None, "claim: a (1,) CPU tensor on another device raises"
+assert RangeScaled().to("meta").output_scale.device.type == "cpu", (
+    "claim: .to() does not move a plain tensor attribute"
+)
+assert RangeScaled().to("meta").input_range.device.type == "meta", (
+    "claim: .to() moves a buffer"
+)
+# Which stale scale costs what: fix one at a time on a copy of the hand-written EMA.
+only_range_fixed = copy.deepcopy(hand_ema)
+only_range_fixed.input_range.copy_(scaled.input_range)
+only_scale_fixed = copy.deepcopy(hand_ema)
+only_scale_fixed.output_scale = scaled.output_scale
+with torch.no_grad():
+    range_fixed_loss = nn.functional.mse_loss(
+        only_range_fixed.eval()(inputs), linear_targets
+    ).item()
+    scale_fixed_loss = nn.functional.mse_loss(
+        only_scale_fixed.eval()(inputs), linear_targets
+    ).item()
+assert abs(range_fixed_loss - torch_loss) < 1e-3 * torch_loss, (
+    "claim: fixing only input_range gives the AveragedModel EMA's loss"
+)
+assert scale_fixed_loss > 10 * max(hand_loss, torch_loss), (
+    "claim: fixing only output_scale makes the loss much larger"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # The hand-written EMA still holds the ``input_range`` and ``output_scale`` it was
 # copied with: neither is in ``state_dict()``, so neither was ever averaged. Its
-# loss is that of a model fed inputs on the wrong scale. ``AveragedModel`` walks
+# loss comes from two stale scales that partly cancel: inputs not divided down
+# by ``input_range``, outputs not multiplied up by ``output_scale``. Fixing only
+# ``input_range`` gives the ``AveragedModel`` EMA's loss; fixing only
+# ``output_scale`` makes the loss much larger still. ``AveragedModel`` walks
 # ``module.buffers()``, not ``state_dict()``, so it carries the non-persistent
-# buffer (averaged with ``use_buffers=True``, copied with ``False``); but no tool
-# walks plain attributes, and its ``output_scale`` is the one from when the copy
-# was made.
+# buffer (averaged with ``use_buffers=True``, copied with ``False``); but neither
+# EMA here walks plain attributes, and its ``output_scale`` is the one from when
+# the copy was made. A plain attribute fails in one more way: ``.to(device)``
+# leaves it where it was.
 #
 # The recipe: every tensor the model computes with is a buffer (persistent or
 # not), and the averaging walks ``parameters()`` and ``buffers()``, as
@@ -315,7 +375,7 @@ class RangeScaledFixed(RangeScaled):
     def __init__(self):
         super().__init__()
         del self.output_scale
-        self.register_buffer("output_scale", torch.ones(1))
+        self.register_buffer("output_scale", torch.ones(()))
 
 
 torch.manual_seed(123)
@@ -351,9 +411,11 @@ assert fixed_loss < min(hand_loss, torch_loss) / 10, (
 #   it averages them too. Neither gives BatchNorm statistics that belong to the
 #   averaged weights.
 # - Call ``update_bn(loader, averaged_model)`` after averaging: one pass over the
-#   data makes each running mean the true mean of its layer's input.
+#   data makes each running mean the average of its per-batch input means: the
+#   exact mean for the first BatchNorm when all batches have the same size.
 # - Save ``averaged.module.state_dict()`` for deployment; ``averaged.state_dict()``
 #   has ``module.``-prefixed keys and ``n_averaged``.
-# - An EMA that walks ``state_dict()`` skips non-persistent buffers; every EMA
-#   skips plain tensor attributes. Make every tensor the model computes with a
+# - An EMA that walks ``state_dict()`` skips non-persistent buffers; neither EMA
+#   here carries plain tensor attributes, and ``.to()`` does not move them. Make
+#   every tensor the model computes with a
 #   buffer, and average over ``parameters()`` and ``buffers()``.

@@ -16,9 +16,10 @@ the ``state_dict()``, and what a mixed-precision policy casts.
 # Where this page ran
 # -------------------
 # Two processes on the CPU, whatever the device of the rest of the build, as in
-# the chapter on DDP: FSDP2's handling of buffers is the same on every device,
-# and ``gloo`` shows it on any machine.
+# the chapter on DDP: ``gloo`` runs on any machine. What this page shows about
+# buffers was checked on a CPU mesh only (see the end of the page).
 
+import datetime as dt
 import inspect
 import multiprocessing
 import os
@@ -117,6 +118,8 @@ def seen_in_forward(model):
 def rank_report(rank):
     report = {"rank": rank}
     # An explicit CPU mesh: these workers are CPU processes, whatever the machine.
+    # Without mesh=, fully_shard picks the accelerator, which a forked child
+    # cannot initialise.
     cpu = init_device_mesh("cpu", (dist.get_world_size(),))
     torch.manual_seed(0)
     model = Net()
@@ -140,6 +143,10 @@ def rank_report(rank):
 
     state = model.state_dict()
     report["state_dict"] = {k: describe(v) for k, v in state.items()}
+    full_everywhere = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True)
+    )
+    report["full state_dict keys without cpu_offload"] = len(full_everywhere)
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -148,11 +155,20 @@ def rank_report(rank):
         full["norm.running_mean"].tolist() if "norm.running_mean" in full else None
     )
 
-    # The fix for drifting statistics: average them over the ranks before saving.
-    for buffer in (model.norm.running_mean, model.norm.running_var):
+    # The fix for drifting statistics: combine them over the ranks before saving.
+    # A variance over the pooled data is the mean of (variance + mean**2) minus
+    # the pooled mean squared: averaging the variances alone would leave out how
+    # far apart the ranks' means are.
+    norm, world_size = model.norm, dist.get_world_size()
+    second_moment = norm.running_var + norm.running_mean**2
+    averaged_var = norm.running_var.clone()
+    for buffer in (norm.running_mean, second_moment, averaged_var):
         dist.all_reduce(buffer)  # in place: the sum over the ranks
-        buffer.div_(dist.get_world_size())
-    report["averaged running_mean"] = model.norm.running_mean.tolist()
+        buffer.div_(world_size)
+    norm.running_var.copy_(second_moment - norm.running_mean**2)
+    report["averaged running_mean"] = norm.running_mean.tolist()
+    report["averaged running_var"] = averaged_var.tolist()
+    report["pooled running_var"] = norm.running_var.tolist()
 
     bfloat16 = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16, reduce_dtype=torch.float32
@@ -188,6 +204,23 @@ def rank_report(rank):
     fully_shard(mixed, mesh=cpu, mp_policy=bfloat16)
     output = mixed(torch.randn(8, 4))
     output.sum().backward()
+
+    # reduce_dtype is the dtype of the reduce-scatter, not of the stored gradient.
+    torch.manual_seed(0)
+    bf16_reduced = nn.Linear(4, 2)
+    fully_shard(
+        bf16_reduced,
+        mesh=cpu,
+        mp_policy=MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16
+        ),
+    )
+    try:
+        bf16_reduced(torch.randn(8, 4)).float().sum().backward()
+        report["grad dtype, bf16 reduce"] = describe(bf16_reduced.weight.grad)["dtype"]
+    except RuntimeError as error:
+        report["grad dtype, bf16 reduce"] = f"{type(error).__name__}: {error}"
+
     report["forward dtypes"] = seen
     report["output dtype"] = str(output.dtype).removeprefix("torch.")
     report["after"] = {
@@ -202,8 +235,9 @@ def rank_report(rank):
 # %%
 # Two processes, bounded, and a clean exit
 # ----------------------------------------
-# The workers are forked from this process (so the chapter runs on Linux and
-# macOS, not on Windows). Each sends its report over a pipe, whose ``send()``
+# The workers are forked from this process (so the chapter needs the ``fork``
+# start method, which Windows lacks). They are daemons and their process group
+# times out after a minute, so a killed parent leaves no rank waiting. Each sends its report over a pipe, whose ``send()``
 # returns once the bytes are written, then leaves the process group and exits
 # at once. The parent waits a bounded time for each rank and, if one stays
 # silent, says which and why, instead of hanging the build.
@@ -213,7 +247,11 @@ def worker(rank, world_size, port, connection):
     # A forked child cannot use the parent's OpenMP thread pool: one thread each.
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=dt.timedelta(seconds=60),
     )
     try:
         connection.send(("report", rank_report(rank)))
@@ -247,7 +285,9 @@ def run_on_two_processes(world_size=2, timeout=120):
     port = free_port()
     pipes = [context.Pipe(duplex=False) for _ in range(world_size)]
     processes = [
-        context.Process(target=worker, args=(rank, world_size, port, pipes[rank][1]))
+        context.Process(
+            target=worker, args=(rank, world_size, port, pipes[rank][1]), daemon=True
+        )
         for rank in range(world_size)
     ]
     for process in processes:
@@ -332,6 +372,7 @@ assert all(i["shape"] == i["local_shape"] for i in rank0["buffers"].values()), (
     "claim: each rank holds every buffer whole"
 )
 assert "output_scale" in rank0["buffers"], "claim: non-persistent buffers stay too"
+assert rank1["buffers"] == rank0["buffers"], "claim: every rank holds every buffer"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -389,8 +430,9 @@ assert all(kinds[k] == "Tensor" for k in rank0["buffers"] if k != "output_scale"
 # left out, as always. ``torch.save`` of it on every rank writes the same
 # parameters in pieces and *different* BatchNorm statistics. For one ordinary
 # checkpoint, ``get_model_state_dict`` with ``full_state_dict=True`` gathers the
-# parameters into plain tensors on rank 0 (other ranks get an empty dict, with
-# ``cpu_offload=True``), and the buffers it writes are rank 0's:
+# parameters into plain tensors; with ``cpu_offload=True`` as well, only rank 0
+# keeps them (other ranks get an empty dict; without it every rank gets all the
+# keys), and the buffers rank 0 writes are its own:
 
 print("keys on rank 0:", len(rank0["full state_dict"]), " on rank 1:",
       len(rank1["full state_dict"]))  # fmt: skip
@@ -402,6 +444,9 @@ print(
 )
 # sphinx_gallery_start_ignore
 assert rank1["full state_dict"] == {}, "claim: other ranks get an empty dict"
+assert rank1["full state_dict keys without cpu_offload"] == len(
+    rank0["full state_dict"]
+), "claim: without cpu_offload every rank gets all the keys"
 assert {i["type"] for i in rank0["full state_dict"].values()} == {"Tensor"}, (
     "claim: the full state dict holds plain tensors"
 )
@@ -412,22 +457,37 @@ assert rank0["full running_mean"] == rank0["running_mean"], (
 
 # %%
 # So rank 1's statistics are simply dropped. If every rank's data should count,
-# average the statistics over the ranks yourself before saving (an
-# ``all_reduce`` of each running statistic, divided by the number of ranks, as
-# each rank did above):
+# combine the statistics over the ranks yourself before saving, as each rank did
+# above: an ``all_reduce`` of ``running_mean`` divided by the number of ranks.
+# For ``running_var`` the average of the ranks' variances is not enough: it
+# leaves out how far apart the ranks' means are (rank 1's data is shifted by 2).
+# Average ``running_var + running_mean**2`` instead and subtract the averaged
+# mean squared:
 
 for report in reports:
     print(f"rank {report['rank']} averaged running_mean:",
           [round(v, 4) for v in report["averaged running_mean"]])  # fmt: skip
+for label in ("averaged running_var", "pooled running_var"):
+    print(f"rank 0 {label}:", [round(v, 4) for v in rank0[label]])
 assert rank0["averaged running_mean"] == rank1["averaged running_mean"], (
     "claim: after an all_reduce the ranks agree"
 )
+# sphinx_gallery_start_ignore
+rank_means = torch.tensor([rank0["running_mean"], rank1["running_mean"]])
+spread_of_means = rank_means.var(0, unbiased=False)
+assert torch.allclose(
+    torch.tensor(rank0["pooled running_var"]),
+    torch.tensor(rank0["averaged running_var"]) + spread_of_means,
+    atol=1e-5,
+), "claim: the averaged variance leaves out the spread of the ranks' means"
+assert (spread_of_means > 0).all(), "claim: the ranks' means differ"
+# sphinx_gallery_end_ignore
 
 # %%
 # Mixed precision: parameters are cast, buffers are not
 # -----------------------------------------------------
 # ``MixedPrecisionPolicy(param_dtype=torch.bfloat16)`` makes FSDP2 gather each
-# parameter in bfloat16 for the forward and backward passes. Applied to the
+# parameter in bfloat16 for the forward pass. Applied to the
 # whole model, it casts BatchNorm's weight and bias but not its running
 # statistics, and the layer refuses the mix:
 
@@ -469,6 +529,9 @@ assert rank0["after"]["inp.weight (stored shard)"] == "float32", (
 )
 assert rank0["after"]["inp.weight.grad"] == "float32", "claim: gradients are float32"
 assert rank0["after"]["output_scale"] == "float32", "claim: buffers stay float32"
+assert rank0["grad dtype, bf16 reduce"] == "float32", (
+    "claim: stored gradients are float32 even with reduce_dtype=bfloat16"
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -476,8 +539,9 @@ assert rank0["after"]["output_scale"] == "float32", "claim: buffers stay float32
 # inputs of each ``fully_shard`` module's ``forward``. What it does not: buffers
 # (the running statistics and our ``output_scale`` stay float32, and multiplying
 # by ``output_scale`` promotes the bfloat16 output to float32), the sharded
-# parameters it stores (float32, which the optimizer updates) and, with
-# ``reduce_dtype=torch.float32``, the gradients. A buffer you do want in
+# parameters it stores (float32, which the optimizer updates) and the gradients
+# it stores (float32 too: ``reduce_dtype`` sets only the dtype the gradients are
+# reduce-scattered in; even ``reduce_dtype=torch.bfloat16`` stores float32). A buffer you do want in
 # bfloat16, cast it yourself.
 #
 # What could not be shown here
@@ -492,10 +556,12 @@ assert rank0["after"]["output_scale"] == "float32", "claim: buffers stay float32
 # - ``fully_shard`` turns every parameter into a sharded ``DTensor``; buffers stay
 #   plain tensors, whole on every rank.
 # - FSDP2 never synchronises buffers: BatchNorm statistics drift apart across
-#   ranks. ``all_reduce`` them before saving, or accept rank 0's.
+#   ranks. Combine them with ``all_reduce`` before saving (the variance with the
+#   spread of the ranks' means added back), or accept rank 0's.
 # - ``state_dict()`` holds ``DTensor`` shards and each rank's own buffers;
-#   ``get_model_state_dict(full_state_dict=True)`` gathers parameters on rank 0
-#   and takes rank 0's buffers.
+#   ``get_model_state_dict`` with ``full_state_dict=True, cpu_offload=True``
+#   gathers parameters on rank 0 and takes rank 0's buffers (without
+#   ``cpu_offload``, every rank gets the full dict).
 # - ``MixedPrecisionPolicy`` casts parameters (and module inputs), never buffers:
 #   keep BatchNorm in float32 with its own ``fully_shard``, and watch float32
 #   buffers promote bfloat16 activations.

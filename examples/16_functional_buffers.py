@@ -3,8 +3,8 @@ Buffers in functional code
 ==========================
 
 ``torch.func.functional_call(module, tensors, args)`` runs a module with
-tensors you pass in place of its own parameters and buffers, without touching
-the module. It is how ``torch.func`` computes per-sample gradients, how model
+tensors you pass in place of its own parameters and buffers, leaving the
+module's tensors you replaced untouched. It is how ``torch.func`` computes per-sample gradients, how model
 ensembles are run with ``vmap``, and how meta-learning code evaluates a model
 at other weights. Parameters are simple there: nothing writes to them in
 ``forward``. Buffers are where it gets subtle: which ones are used, where an
@@ -17,6 +17,7 @@ update made in ``forward`` goes, and what happens to a buffer that ``forward``
 # -------------------
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ assert torch.allclose(
 
 # %%
 # BatchNorm updates its running statistics *in place*, so the update lands in
-# the tensors you passed: they now hold 10% of the batch mean. The module's own
+# the tensors you passed: ``running_mean`` now holds 10% of the batch mean. The module's own
 # buffers are untouched. That is what makes a functional training step work:
 # keep the state in your dict, pass it in every step, and it evolves there.
 #
@@ -76,7 +77,9 @@ assert torch.allclose(
 
 fresh = nn.BatchNorm1d(3).to(device)
 typo = {"runing_mean": torch.zeros(3, device=device)}  # one "n" short
-functional_call(fresh, typo, (batch,))
+with warnings.catch_warnings(record=True) as typo_warnings:
+    warnings.simplefilter("always")
+    functional_call(fresh, typo, (batch,))
 print("typo'd tensor after the call:  ", typo["runing_mean"].tolist())
 print(
     "module's running_mean after it:",
@@ -84,6 +87,7 @@ print(
 )
 assert not typo["runing_mean"].any(), "claim: an unknown key is silently ignored"
 assert fresh.running_mean.any(), "claim: the module's own buffer was updated instead"
+assert not typo_warnings, "claim: no warning for an unknown key"
 
 try:
     functional_call(fresh, typo, (batch,), strict=True)
@@ -101,7 +105,9 @@ assert "Missing" in str(strict_error), "claim: strict=True names the missing key
 # No error, no warning: the call ran on the module's own buffer and changed it.
 # ``strict=True`` names both the unexpected key and every missing one, so it
 # demands the complete set: pass ``(parameters, buffers)`` from
-# ``named_parameters()`` and ``named_buffers()`` and you always have it.
+# ``named_parameters()`` and ``named_buffers()`` and you have it, as long as
+# ``tie_weights`` stays ``True`` (with ``False``, tied names need
+# ``remove_duplicate=False``; see the section on tied tensors below).
 #
 # A buffer reassigned in ``forward``
 # ----------------------------------
@@ -234,18 +240,35 @@ except ValueError as error:
     both_error = error
     print(f"both names given: {type(error).__name__}: {error}")
 assert both_error is not None, "claim: two values for one tied tensor raise"
+same_out = functional_call(tied, {"table": zeros, "alias": zeros}, (zeros,))
+assert same_out.tolist() == [10.0, 10.0], "claim: one tensor under both names works"
+# sphinx_gallery_start_ignore
+every_buffer = ({}, dict(tied.named_buffers()))
+functional_call(tied, every_buffer, (zeros,), strict=True)  # tie_weights=True: fine
+try:
+    functional_call(tied, every_buffer, (zeros,), strict=True, tie_weights=False)
+    untied_strict_error = None
+except RuntimeError as error:
+    untied_strict_error = error
+assert untied_strict_error is not None, (
+    "claim: with tie_weights=False, strict=True misses the deduplicated alias"
+)
+every_name = ({}, dict(tied.named_buffers(remove_duplicate=False)))
+functional_call(tied, every_name, (zeros,), strict=True, tie_weights=False)
+# sphinx_gallery_end_ignore
 
 # %%
 # With the default ``tie_weights=True``, replacing ``table`` replaces every name
 # that shares its tensor; with ``False`` the alias keeps the module's own ones.
-# Giving both names is an error, because torch cannot tell which value you meant.
+# Giving both names two different tensors is an error, because torch cannot
+# tell which you meant; the same tensor under both names is accepted.
 #
 # ``recurse=False`` and ``nn.Buffer``
 # -----------------------------------
 # ``named_buffers(recurse=False)`` lists a module's own buffers and not its
 # children's, which is what you want when walking a model module by module
-# (``named_modules()`` then each module's own buffers) so no buffer is counted
-# twice. ``nn.Buffer(tensor)`` assigned as an attribute registers a buffer, as
+# (``named_modules()`` then each module's own buffers) so no buffer is listed
+# under both a parent and its child. ``nn.Buffer(tensor)`` assigned as an attribute registers a buffer, as
 # ``offset`` above shows; its ``persistent`` argument defaults to ``True``, so
 # it is saved in ``state_dict()`` like ``register_buffer``'s default.
 
@@ -270,6 +293,16 @@ assert list(tied.state_dict()) == ["table", "alias", "offset"], (
     "claim: state_dict() keeps every name"
 )
 assert "offset" in tied.state_dict(), "claim: nn.Buffer is persistent by default"
+tied_linears = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+tied_linears[1].weight = tied_linears[0].weight
+assert [n for n, _ in tied_linears.named_parameters()] == [
+    "0.weight",
+    "0.bias",
+    "1.bias",
+], "claim: named_parameters() reports a shared parameter once"
+assert len(list(tied_linears.named_parameters(remove_duplicate=False))) == 4, (
+    "claim: remove_duplicate=False lists every parameter name"
+)
 # sphinx_gallery_end_ignore
 
 # %%
