@@ -118,6 +118,7 @@ rerun_chapters_when_library_changes(
     gallery=DOCS / "auto_examples",
     library=DOCS.parent / "src" / "pytorch_buffers",
     stamp=DOCS / "_build" / "library.md5",
+    notebook_cache=DOCS / "_build" / ".jupyter_cache",
 )
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",

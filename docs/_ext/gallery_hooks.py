@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -146,14 +147,17 @@ def imports_library(chapter: Path, library: str = "pytorch_buffers") -> bool:
 
 
 def rerun_chapters_when_library_changes(
-    examples: Path, gallery: Path, library: Path, stamp: Path
+    examples: Path, gallery: Path, library: Path, stamp: Path, notebook_cache: Path
 ) -> list[str]:
     """Make sphinx-gallery re-execute the chapters that import the library after it changed.
 
     sphinx-gallery re-runs a chapter only when the chapter's own file changed (it
     keeps an ``.md5`` of each). When the library's source differs from the last
     build's, the ``.md5`` of each chapter that imports ``pytorch_buffers`` is
-    removed so that those chapters, and only those, run again. Returns their names.
+    removed so that those chapters, and only those, run again. myst-nb's cache is
+    keyed on a page's own code, so it is dropped too: the API page, which autodoc
+    re-reads after a library change, then runs its examples again. Returns the
+    chapters' names.
     """
     digest = hashlib.md5(usedforsecurity=False)
     for path in sorted(library.rglob("*.py")):
@@ -167,6 +171,7 @@ def rerun_chapters_when_library_changes(
     ]
     for name in users:
         (gallery / f"{name[:-3]}.py.md5").unlink(missing_ok=True)
+    shutil.rmtree(notebook_cache, ignore_errors=True)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest.hexdigest())
     return users
