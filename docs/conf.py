@@ -103,6 +103,14 @@ nb_execution_raise_on_error = True
 # cell (kernel_time_limit.py); nbclient's per-cell timeout is only a backstop.
 os.environ["PYTHONSTARTUP"] = str(DOCS / "_ext" / "kernel_time_limit.py")
 nb_execution_timeout = run_time_limit() + 60
+# The kernels get an IPython profile of their own under _build, whose one setting
+# silences ipykernel's warning about TCP on loopback (errors still show).
+KERNEL_PROFILE = DOCS / "_build" / "ipython" / "profile_default"
+KERNEL_PROFILE.mkdir(parents=True, exist_ok=True)
+(KERNEL_PROFILE / "ipython_kernel_config.py").write_text(
+    'c.IPKernelApp.log_level = "ERROR"\n'
+)
+os.environ["IPYTHONDIR"] = str(KERNEL_PROFILE.parent)
 nb_execution_show_tb = True  # a failing cell's traceback, with its claim, in the log
 nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 
