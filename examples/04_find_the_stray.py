@@ -46,8 +46,9 @@ print(f"torch {torch.__version__}, device: {device}")
 # The notebook's module, inspected
 # --------------------------------
 # First the culprit of the first chapter, reduced to its ``__init__``.
-# :func:`pytorch_buffers.inventory` lists every tensor the module holds, what
-# kind of tensor it is, and whether ``.to()`` moves it and ``state_dict()``
+# :func:`pytorch_buffers.inventory` lists the tensors the module holds (its
+# parameters and buffers, plain tensor attributes, and tensors in containers
+# up to four levels deep), what kind of tensor each is, and whether ``.to()`` moves it and ``state_dict()``
 # saves it.
 
 
@@ -78,7 +79,7 @@ print(pb.find_strays(attention))
 # A model with several strays
 # ---------------------------
 # A small GPT-style model of the kind people write while learning: a rotary
-# table computed once and kept as a plain attribute three levels down, a causal
+# table computed once and kept as a plain attribute deep inside each block, a causal
 # mask as a plain attribute, and a key/value cache held in a Python list.
 
 
@@ -146,23 +147,37 @@ for stray in strays:
 # ----------------
 # :func:`pytorch_buffers.check_devices` is the one call to make after
 # ``model.to(device)`` and before the first forward pass. It names every tensor
-# that is not where the weights are. The check needs a second device to move
-# to: this build's accelerator if it has one, else the ``meta`` device, which
-# every torch build has and which ``.to()`` treats like any other device.
+# it finds that is not where the weights are. The check needs a second device
+# to move to: this build's accelerator if it has one, else the ``meta`` device,
+# which every torch build has and where ``.to()`` moves tensors as to any other.
 #
-# One surprise on the way: a move to ``meta`` unties tied weights (torch cannot
-# swap a CPU tensor's data for a meta tensor in place, so it gives each module a
-# new parameter). When the line below says ``False``, the check counts one
+# One surprise on the way: a move to ``meta`` unties tied weights. torch updates
+# a parameter in place only when the old and the new tensor are of compatible
+# types, and a CPU tensor and a meta tensor are not, so each module gets a new
+# parameter. When the line below says ``False``, the check counts one
 # tensor more than the inventory did.
 
 target = device if device.type != "cpu" else torch.device("meta")
 print(f"moving the model to {target}")
 model.to(target)
 print("embedding and head still tied:", model.embed.weight is model.head.weight)
+device_error = None
 try:
     pb.check_devices(model, target)
 except pb.DeviceMismatchError as error:
+    device_error = error
     print(f"{type(error).__name__}: {error}")
+# sphinx_gallery_start_ignore
+tied = model.embed.weight is model.head.weight
+assert device_error is not None, "claim: the device check fails on the strays"
+assert f"of {len(inv) + (not tied)} tensors" in str(device_error), (
+    "claim: untied, the check counts one tensor more than the inventory"
+)
+if target.type == "meta":
+    assert not torch._has_compatible_shallow_copy_type(
+        torch.empty(1), torch.empty(1, device="meta")
+    ), "claim: CPU and meta tensors are not of compatible types"
+# sphinx_gallery_end_ignore
 
 # %%
 # The fix
@@ -265,10 +280,16 @@ print(report)
 # This is what ``load_state_dict`` itself says:
 
 new_module = MaskedAttentionV2()
+strict_load_failed = False
 try:
     new_module.load_state_dict(state)
 except RuntimeError as error:
+    strict_load_failed = True
     print(f"{type(error).__name__}: {error}")
+# sphinx_gallery_start_ignore
+assert strict_load_failed, "claim: the old checkpoint fails a strict load"
+assert not report.loads_strict, "claim: the report sees the strict load fail"
+# sphinx_gallery_end_ignore
 
 # %%
 # The report's advice, applied: drop the keys the module now rebuilds itself,
@@ -284,8 +305,8 @@ print(new_module.load_state_dict(state))
 # ---------------------------------
 # Checkpoints saved from ``nn.DataParallel``, ``DistributedDataParallel``,
 # ``torch.compile`` or a LightningModule carry the wrapper's attribute name in
-# every key. ``load_state_dict`` then reports every key twice, once missing and
-# once unexpected. The report finds the prefix instead, prints the line that
+# every key. ``load_state_dict`` then reports the keys twice, once missing and
+# once unexpected (all of them, for this model). The report finds the prefix instead, prints the line that
 # removes it, and says whether torch then loads the result with
 # ``strict=True``. It decides by loading the checkpoint into copies of the
 # model on the ``meta`` device, which hold no data.
@@ -305,6 +326,9 @@ torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(wrapped_state, "m
 print(FixedTinyGPT().load_state_dict(wrapped_state))
 # sphinx_gallery_start_ignore
 assert not prefix_report.loads_strict, "claim: the prefixed checkpoint fails strict"
+assert (
+    len(prefix_report.missing) == len(prefix_report.unexpected) == len(wrapped_state)
+), "claim: torch reports every key twice, once missing and once unexpected"
 assert prefix_report.prefix_fix is not None, "claim: the report finds the prefix"
 assert prefix_report.prefix_fix.prefix == "module.", "claim: the prefix is 'module.'"
 assert prefix_report.prefix_fix.loads_strict_after, "claim: after the fix it loads"
@@ -371,11 +395,13 @@ assert torch.equal(meta_model.inv_freq.cpu(), trained.inv_freq), "claim: fixed"
 # %%
 # What to remember
 # ----------------
-# - ``pb.inventory(model)`` lists every tensor, registered or not, with its kind,
-#   device, and whether ``.to()`` and ``state_dict()`` handle it.
+# - ``pb.inventory(model)`` lists the module's tensors, registered or not
+#   (attributes and containers included), with kind, device, and whether
+#   ``.to()`` and ``state_dict()`` handle them.
 # - ``pb.find_strays(model)`` names the tensors that will not follow the module,
 #   each with its one-line fix; ``pb.check_devices(model, device)`` after
-#   ``.to(device)`` turns a late ``RuntimeError`` into an early, precise one.
+#   ``.to(device)`` names, before the first forward pass, every tensor it finds
+#   left on another device.
 # - ``pb.explain_state_dict(model, path)`` lets torch load the checkpoint into a
 #   ``meta`` copy and explains the result: which keys differ, what they are,
 #   and whether ``strict=False`` would be safe (prefer dropping the keys named

@@ -96,8 +96,8 @@ assert agree, "claim: the three layers compute the same attention"
 # the three layers taking turns so that a slow moment of a shared machine hits
 # all three alike; the table gives the median of those measurements and their
 # range. The timer runs on one thread, its default, whatever torch would use
-# here (printed at the top): one thread is steadier on a shared machine, and
-# compares the three layers rather than how each spreads over cores.
+# here (printed at the top): a choice, so that the figures compare the three
+# layers rather than how each spreads over cores.
 
 REPEATS = 5
 threads = 1  # benchmark.Timer's default, passed explicitly to name it
@@ -151,7 +151,9 @@ ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("sequence length (tokens)")
 ax.set_ylabel("forward pass, ms (median, range shaded)")
-ax.set_title(f"One causal attention layer, batch 2, on {device}, {threads} threads")
+ax.set_title(
+    f"One causal attention layer, batch 2, on {device}, {threads} thread{'s' if threads != 1 else ''}"
+)
 ax.legend()
 plt.show()
 
@@ -193,7 +195,7 @@ print(f"  lowest median here: {fastest}")
 #   pass costs building time on every call, which may or may not be measurable
 #   next to the attention itself: the verdict above is this device's.
 # - ``scaled_dot_product_attention(is_causal=True)`` needs no mask tensor at all,
-#   and on many devices it dispatches to fused kernels; whether it is the fastest
+#   and torch picks the kernel it runs on each device; whether it is the fastest
 #   of the three on yours is a measurement, like the one above, not an assumption.
 # - Time with repeats and look at the spread before concluding, and say how many
 #   threads the timer used: ``torch.utils.benchmark.Timer`` uses one unless told.

@@ -354,7 +354,9 @@ def inventory(module: nn.Module) -> Inventory:
     - second references to a registered tensor (``alias_of``): torch is asked
       whether ``.to()`` keeps them current (it updates a parameter in
       place, so the alias follows; it gives a buffer a new tensor, so the alias
-      goes stale), by moving a probe module;
+      goes stale), by moving a probe module to another dtype; a move to the
+      ``meta`` device replaces parameters instead (torch swaps data in place
+      only between compatible tensor types), so there their aliases go stale too;
     - attributes the old ``weight_norm``/``spectral_norm`` rebuild before each
       forward (``rebuilt_by_hook``), which are not strays.
 
