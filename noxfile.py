@@ -199,7 +199,7 @@ def browser(session: nox.Session) -> None:
 
 @nox.session(reuse_venv=True)
 def lint(session: nox.Session) -> None:
-    """Ruff, mypy strict on the library, and the hosting configs against their schemas."""
+    """Ruff, mypy strict on the library, and the hosting configs (schemas, actionlint)."""
     install(session, "lint")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -216,6 +216,7 @@ def lint(session: nox.Session) -> None:
         "vendor.readthedocs",
         ".readthedocs.yaml",
     )
+    session.run("actionlint", "-no-color", *workflows)
 
 
 @nox.session(reuse_venv=True)
