@@ -141,6 +141,24 @@ strays = pb.find_strays(model)
 print(f"{len(strays)} strays:")
 for stray in strays:
     print(f"- {', '.join(stray.record.names)} ({stray.record.kind.value})")
+# sphinx_gallery_start_ignore
+tied_record = inv.get("head.weight")
+assert tied_record is not None, "claim: the tied embedding is in the inventory"
+assert tied_record.names == (
+    "embed.weight",
+    "head.weight",
+), "claim: the tied embedding is listed under both of its names"
+assert [record.names for record in inv].count(tied_record.names) == 1, (
+    "claim: the tied embedding appears once"
+)
+moved_flags = [record.moved_by_to for record in inv]
+assert moved_flags == sorted(moved_flags, reverse=True), (
+    "claim: the rows not moved by .to() are at the bottom"
+)
+assert [record.names for record in inv if not record.moved_by_to] == [
+    stray.record.names for stray in strays
+], "claim: the rows marked NOT moved are the strays"
+# sphinx_gallery_end_ignore
 
 # %%
 # The device check
@@ -232,6 +250,16 @@ class FixedTinyGPT(TinyGPT):
 fixed = FixedTinyGPT().to(target)
 print(pb.find_strays(fixed))
 print("every tensor on:", pb.check_devices(fixed, target))
+# sphinx_gallery_start_ignore
+fixed_keys = FixedTinyGPT().state_dict().keys()
+for buffer_name in ("mask", "cos", "sin", "k_cache", "v_cache"):
+    assert not any(key.endswith(buffer_name) for key in fixed_keys), (
+        f"claim: the non-persistent {buffer_name} stays out of checkpoints"
+    )
+assert all(buffer.device.type == target.type for buffer in fixed.buffers()), (
+    "claim: the non-persistent buffers follow .to()"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # With ``include_non_persistent=True`` the report also lists the buffers that are
@@ -332,6 +360,22 @@ assert (
 assert prefix_report.prefix_fix is not None, "claim: the report finds the prefix"
 assert prefix_report.prefix_fix.prefix == "module.", "claim: the prefix is 'module.'"
 assert prefix_report.prefix_fix.loads_strict_after, "claim: after the fix it loads"
+load_devices = []
+
+
+class SpyLinear(nn.Linear):
+    def _load_from_state_dict(self, *args, **kwargs):
+        load_devices.append(self.weight.device.type)
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+spy = SpyLinear(2, 2)
+pb.explain_state_dict(spy, spy.state_dict())
+assert load_devices, "claim: the report loads the checkpoint into a copy"
+assert set(load_devices) == {"meta"}, (
+    "claim: the report loads the checkpoint into copies on the meta device"
+)
+assert spy.weight.device.type == "cpu", "claim: the model itself stays where it is"
 # sphinx_gallery_end_ignore
 
 # %%

@@ -194,6 +194,11 @@ print("nn.BatchNorm1d._version:", nn.BatchNorm1d._version)
 print("metadata of the v1 checkpoint:", dict(v1_checkpoint._metadata))
 
 # sphinx_gallery_start_ignore
+v1_state_type = type(model_v1.state_dict())
+assert (v1_state_type.__module__, v1_state_type.__name__) == (
+    "collections",
+    "OrderedDict",
+), "claim: the state dict is an OrderedDict"
 assert nn.Module._version == 1, "claim: a module's version is 1 by default"
 assert nn.BatchNorm1d._version == 2, "claim: BatchNorm is at version 2"
 assert v1_checkpoint._metadata["embed"] == {"version": 1}, (
@@ -209,6 +214,25 @@ assert v1_checkpoint._metadata["embed"] == {"version": 1}, (
 # This is the installed torch's own code:
 
 print(inspect.getsource(nn.modules.batchnorm._NormBase._load_from_state_dict))
+
+# sphinx_gallery_start_ignore
+load_calls = []
+
+
+class SpyEmbedding(EmbeddingV1):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        load_calls.append((prefix, dict(local_metadata)))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+spied = Model(SpyEmbedding()).to(device)
+spied.load_state_dict(v1_checkpoint)
+spied.load_state_dict(dict(v1_checkpoint))
+assert load_calls == [("embed.", {"version": 1}), ("embed.", {})], (
+    "claim: the submodule gets its prefix and recorded metadata; "
+    "a plain dict copy records no version"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # And it works: a BatchNorm checkpoint that claims version 1 and lacks the
@@ -320,6 +344,20 @@ assert v2_checkpoint._metadata["embed"] == {"version": 2}
 assert reloaded.embed.num_updates.item() == model.embed.num_updates.item() == 1, (
     "claim: the migration keeps the counter of a metadata-less v2 state dict"
 )
+without_counter = model.state_dict()
+del without_counter["embed.num_updates"]
+v2_strict_failed = False
+try:
+    Model(Embedding()).to(device).load_state_dict(without_counter)
+except RuntimeError:
+    v2_strict_failed = True
+assert v2_strict_failed, "claim: a version 2 checkpoint skips the migration"
+plain_v2_failed = False
+try:
+    Model(Embedding()).to(device).load_state_dict(dict(without_counter))
+except RuntimeError:
+    plain_v2_failed = True
+assert not plain_v2_failed, "claim: without metadata, the migration runs"
 # sphinx_gallery_end_ignore
 
 # %%

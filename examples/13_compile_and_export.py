@@ -280,6 +280,20 @@ assert int_counts["graphs"] == limit, (
 assert int_counts["gave up"] >= 1, "claim: Dynamo gives up at the recompile limit"
 assert "hit config.recompile_limit" in log.getvalue(), "claim: torch logs the limit"
 assert torch.allclose(int_model.mean, int_reference.mean, rtol=1e-5, atol=1e-6)
+graph_inputs = []
+
+
+def record(gm, _example_inputs):
+    graph_inputs.append([n.target for n in gm.graph.nodes if n.op == "placeholder"])
+    return gm.forward
+
+
+fresh_compiler()
+torch.compile(RunningMean().to(device), backend=record)(batches[0])
+fresh_compiler()
+assert any("steps" in name for name in graph_inputs[0]), (
+    f"claim: a tensor buffer is a graph input: {graph_inputs}"
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -487,6 +501,14 @@ print("original.steps after the exported module ran:", original_steps)
 # sphinx_gallery_start_ignore
 assert shares_state, "claim: the exported state_dict holds the module's own tensors"
 assert original_steps == 3, "claim: running the export advances the original"
+with torch.no_grad():
+    original.steps.add_(10)
+steps_seen_by_runnable = runnable.steps.item()
+with torch.no_grad():
+    original.steps.sub_(10)
+assert steps_seen_by_runnable == original_steps + 10, (
+    "claim: an update to the original shows in the exported module"
+)
 # sphinx_gallery_end_ignore
 
 # %%
