@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import gc
 import re
 import time
 from types import SimpleNamespace
@@ -173,6 +174,11 @@ def test_data_parallel_and_ddp_report_the_model_not_the_wrapper(tmp_path):
         assert not pb.find_strays(ddp)
         assert [r.names for r in pb.inventory(ddp)] == expected
     finally:
+        # DDP sits in a reference cycle: free it while the process group lives,
+        # or a later collection drops the group in gloo's destructor holding the
+        # GIL, and the process hangs (the deadlock chapter 9 explains).
+        ddp = None
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -213,6 +219,8 @@ def test_fsdp2_fully_shard_reports_the_model(tmp_path):
         with pytest.raises(ValueError, match="FSDP does not support deepcopy"):
             pb.explain_state_dict(model, model.state_dict())
     finally:
+        del model
+        gc.collect()  # as above: nothing of the group left for a later collection
         dist.destroy_process_group()
 
 
