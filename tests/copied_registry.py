@@ -1,0 +1,137 @@
+"""The classes chapters offer for reuse, registered with the copied-code harness.
+
+One :class:`~copied_code.Copied` entry per class: how to build a small instance
+and an input of a given batch size and length. ``tests/test_copied_code.py``
+runs every check of ``copied_code.CHECKS`` on each. Classes a chapter shows only
+to inventory them (no ``forward``), or only as the bug it then fixes, are not
+here.
+"""
+
+from __future__ import annotations
+
+import torch
+from copied_code import Copied, rebuild_from_config
+
+
+def init_buffers(module, _entry):
+    """Chapter 12's recipe: each module's own ``init_buffers`` on the new device."""
+    for submodule in module.modules():
+        if hasattr(submodule, "init_buffers"):
+            submodule.init_buffers("cpu")
+
+
+def floats(*shape_after_batch: int):
+    """An example builder: float inputs of shape (batch, length, *rest)."""
+
+    def example(batch: int, length: int, generator: torch.Generator):
+        return (torch.randn(batch, length, *shape_after_batch, generator=generator),)
+
+    return example
+
+
+def rows(width: int):
+    """An example builder: (batch, width) floats; the length is unused."""
+
+    def example(batch: int, _length: int, generator: torch.Generator):
+        return (torch.randn(batch, width, generator=generator),)
+
+    return example
+
+
+def token_ids(vocab: int):
+    def example(batch: int, length: int, generator: torch.Generator):
+        return (torch.randint(0, vocab, (batch, length), generator=generator),)
+
+    return example
+
+
+REGISTRY: list[Copied] = [
+    Copied(
+        "02_register_buffer",
+        "CausalAttentionWithBuffer",
+        make=lambda ns: ns.CausalAttentionWithBuffer(3, 2, 8, 0.0),
+        example=floats(3),
+        inductor=True,
+    ),
+    Copied(
+        "08_llm_caches",
+        "TinyGPT",
+        make=lambda ns: ns.TinyGPT(
+            vocab=50, dim=16, heads=2, layers=2, context_length=16
+        ),
+        example=token_ids(50),
+        reinit=rebuild_from_config,
+    ),
+    Copied(
+        "08_llm_caches",
+        "TinyGPT(use_cache=True)",
+        make=lambda ns: ns.TinyGPT(
+            vocab=50, dim=16, heads=2, layers=2, context_length=16
+        ),
+        example=token_ids(50),
+        call=lambda module, inputs: module(*inputs, 0, use_cache=True),
+        reinit=rebuild_from_config,
+    ),
+    Copied(
+        "10_mask_cost",
+        "Attention(mode='buffer')",
+        make=lambda ns: ns.Attention(dim=16, heads=2, context_length=16, mode="buffer"),
+        example=floats(16),
+        reinit=rebuild_from_config,
+    ),
+    Copied(
+        "11_evolving_buffers",
+        "Embedding",
+        make=lambda ns: ns.Model(ns.Embedding()),
+        example=token_ids(32),
+        reinit=rebuild_from_config,
+    ),
+    Copied(
+        "12_meta_init",
+        "Rotary",
+        make=lambda ns: ns.Rotary(16),
+        example=floats(16),
+        long_length=1024,
+        reinit=init_buffers,
+    ),
+    Copied(
+        "12_meta_init",
+        "Attention",
+        make=lambda ns: ns.Attention(dim=16, window=8),
+        example=floats(16),
+        reinit=init_buffers,
+    ),
+    Copied(
+        "13_compile_and_export",
+        "RunningMean",
+        make=lambda ns: ns.RunningMean(dim=4),
+        example=rows(4),
+        rows_independent=False,
+    ),
+    Copied(
+        "13_compile_and_export",
+        "WarmupScaleInGraph",
+        make=lambda ns: ns.WarmupScaleInGraph(warmup=3),
+        example=rows(4),
+    ),
+    Copied(
+        "14_averaged_models",
+        "RangeScaledFixed",
+        make=lambda ns: ns.RangeScaledFixed(),
+        example=rows(4),
+        rows_independent=False,
+        reinit=rebuild_from_config,
+    ),
+    Copied(
+        "16_functional_buffers",
+        "FixedStepCounter",
+        make=lambda ns: ns.FixedStepCounter(),
+        example=rows(4),
+    ),
+    Copied(
+        "16_functional_buffers",
+        "TiedTable",
+        make=lambda ns: ns.TiedTable(),
+        example=rows(2),
+    ),
+]

@@ -1,0 +1,47 @@
+"""Every class a chapter offers for reuse, in the settings readers use it in.
+
+The settings are ``copied_code.CHECKS``; the classes are ``copied_registry.REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from copied_code import CHECKS, INDUCTOR_CHECKS, Copied
+from copied_registry import REGISTRY
+
+RUNS = [(entry, check) for entry in REGISTRY for check in CHECKS] + [
+    (entry, check) for entry in REGISTRY if entry.inductor for check in INDUCTOR_CHECKS
+]
+
+
+@pytest.mark.parametrize(
+    ("entry", "check"), RUNS, ids=[f"{entry.id}-{check}" for entry, check in RUNS]
+)
+def test_copied_code(entry: Copied, check: str) -> None:
+    {**CHECKS, **INDUCTOR_CHECKS}[check](entry)
+
+
+def registered(entry_id: str) -> Copied:
+    (entry,) = [entry for entry in REGISTRY if entry.id == entry_id]
+    return entry
+
+
+# Bugs a review found in code readers copied, each put back into today's source:
+# the harness must fail on each (and passes on the fixed code above).
+PUT_BACK = [
+    # Chapter 13: RunningMean updated its buffers in grad mode; training failed at
+    # its second backward ("Trying to backward through the graph a second time").
+    ("13.RunningMean", "no_grad", "trains"),
+    ("13.RunningMean", "no_grad", "compiles"),
+    # Chapter 8: the cache stored keys and values with their autograd history.
+    ("08.TinyGPT(use_cache=True)", "detach", "trains"),
+]
+
+
+@pytest.mark.parametrize(("entry_id", "fix", "check"), PUT_BACK)
+def test_harness_catches_a_put_back_bug(entry_id: str, fix: str, check: str) -> None:
+    entry = dataclasses.replace(registered(entry_id), put_back=frozenset({fix}))
+    with pytest.raises((AssertionError, RuntimeError)):
+        CHECKS[check](entry)
