@@ -158,10 +158,11 @@ with torch.no_grad():
 print(
     "num_batches_tracked per member:", stacked_buffers["1.num_batches_tracked"].tolist()
 )
+print("running_mean[:3], from the stack and from the loop:")
 for i, model in enumerate(loop_models):
     mine = [round(v, 4) for v in stacked_buffers["1.running_mean"][i, :3].tolist()]
     loop = [round(v, 4) for v in model[1].running_mean[:3].tolist()]
-    print(f"member {i}: running_mean[:3] stacked {mine}, loop {loop}")
+    print(f"  member {i}: stack {mine}, loop {loop}")
 print(
     "the members' own running_mean still all zero:",
     not any(m[1].running_mean.any() for m in models),
