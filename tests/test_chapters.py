@@ -248,9 +248,16 @@ def test_batchnorm_and_optimizer(run_chapter):
         "by_forward",
         "by_step",
         "with_grad.scale.grad is not None",
+        "[moved_after_requires_grad, moved_in_eval, moved_after_train]",
+        "follows_unbiased",
+        "converted.scale.is_leaf",
     )
     (in_optimizer, buffers, buffer_grads, cumulative_mean, by_forward, by_step,
-     grad_when_asked) = run.facts  # fmt: skip
+     grad_when_asked, freezes, unbiased_var, converted_leaf) = run.facts  # fmt: skip
+    # requires_grad_(False) freezes no statistic; eval() does; train() undoes it.
+    assert freezes == [True, False, True]
+    assert unbiased_var  # running_var follows the unbiased batch variance
+    assert converted_leaf is False  # .double() turns a grad buffer into a non-leaf
     assert in_optimizer == ["0.weight", "0.bias", "1.weight", "1.bias"]
     assert not set(buffers) & set(in_optimizer)
     assert "running_mean unchanged in eval(): True" in run.stdout
@@ -275,9 +282,22 @@ def test_llm_caches(run_chapter):
         "[is_top_left, is_bottom_right]",
         "half_dtypes",
         "str(rotary.cos.dtype)",
+        "refusals",
+        "[moved, agrees, pair_gap]",
     )
     (same_tokens, logit_gap, saved_buffers, filled, length, patterns, chunk_gap,
-     alignment, half_dtypes, rebuilt_dtype) = run.facts  # fmt: skip
+     alignment, half_dtypes, rebuilt_dtype, refusals, checks) = run.facts  # fmt: skip
+    # The cache is inference-only and sized: both refusals say what to do.
+    grad_refusal = refusals["use_cache=True with gradients on"]
+    assert grad_refusal.startswith("RuntimeError: the key/value cache is for inference")
+    assert "torch.no_grad()" in grad_refusal
+    batch_refusal = refusals["a batch of 2, cache for 1"]
+    assert batch_refusal.startswith("ValueError: a batch of 2 does not fit")
+    assert "max_batch_size=1" in batch_refusal
+    moved, lower_right_agrees, pair_gap = checks
+    assert moved  # the uncached path trains
+    assert lower_right_agrees  # causal_lower_right is the cache's mask slice
+    assert pair_gap < 1e-4  # max_batch_size=2 caches two sequences correctly
     assert same_tokens
     assert logit_gap < 1e-4
     assert saved_buffers == []
