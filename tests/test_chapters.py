@@ -355,8 +355,30 @@ def test_ddp_buffers(run_chapter):
         "[r['sum(weight)'] for r in with_broadcast + without_broadcast]",
         "refusals",
         "__import__('test_chapters').ddp_failure_messages(run_on_ranks)",
+        "copied",
+        "[r['rank'] for r in run_on_ranks(train, {SYNC: True}, world_size=3)]",
+        "identical(run_on_ranks(train, {SYNC: True}, world_size=3),"
+        " 'after next forward')",
+        "identical([{'m': 1}, {'m': 1}, {'m': 2}], 'm')",
+        "[SYNC, old_name[0]['warnings'], with_broadcast[0]['warnings']]",
     )
-    after_step, with_means, without_means, weight_sums, refusals, failures = run.facts
+    (after_step, with_means, without_means, weight_sums, refusals, failures, copied,
+     ranks_of_three, three_agree, third_differs, names) = run.facts  # fmt: skip
+    # DDP copies buffers only after a forward with grad on and outside no_sync().
+    assert copied == {
+        "with gradients": True,
+        "under no_grad()": False,
+        "inside no_sync()": False,
+    }
+    # The helpers work for three ranks, and identical() looks at every rank.
+    assert ranks_of_three == [0, 1, 2]
+    assert three_agree
+    assert third_differs is False
+    # The page leads with the current argument; the old one warns on this torch.
+    sync, old_warnings, new_warnings = names
+    assert sync == "forward_sync_buffers"
+    assert any("FutureWarning" in w and "deprecated" in w for w in old_warnings)
+    assert new_warnings == []
     assert after_step[0] != after_step[1]  # consistent only from the next forward
     assert with_means[0] == with_means[1] == after_step[0]
     assert without_means[0] != without_means[1]
