@@ -121,7 +121,7 @@ assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5), (
 # sphinx_gallery_start_ignore
 fresh, counted = nn.BatchNorm1d(1), nn.BatchNorm1d(1)
 counted.num_batches_tracked.fill_(1000)
-sample = torch.randn(8, 1)
+sample = torch.randn(8, 1, generator=torch.Generator().manual_seed(0))
 fresh(sample), counted(sample)
 assert torch.equal(fresh.running_mean, counted.running_mean), (
     "claim: with a momentum, num_batches_tracked only counts"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -267,6 +269,7 @@ def test_batchnorm_and_optimizer(run_chapter):
     assert set(by_step) <= set(in_optimizer)
     assert "0.bias moved by the step:" in run.stdout
     assert grad_when_asked  # "no gradient" is the default, not a rule
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
 
 
 def test_llm_caches(run_chapter):
@@ -310,6 +313,7 @@ def test_llm_caches(run_chapter):
     assert half_dtypes["rotary.cos"] == half_dtypes["k_cache"] == "float16"
     assert half_dtypes["causal"] == "bool"
     assert rebuilt_dtype == "torch.float32"
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
 
 
 def ddp_failure_messages(run_on_ranks):
@@ -391,6 +395,26 @@ def test_ddp_buffers(run_chapter):
     assert raised == "rank 1 failed: ValueError: rank 1's own error"
     assert died == "rank 1 exited (code 3) without sending a report"
     assert hung.startswith("rank 1 sent nothing within 3 s and is still running")
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
+
+
+def test_mask_cost_says_in_one_line_that_it_needs_matplotlib(tmp_path):
+    # A reader without matplotlib gets one line saying so, not a traceback.
+    blocker = tmp_path / "matplotlib.py"
+    blocker.write_text("raise ModuleNotFoundError(\"No module named 'matplotlib'\")\n")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "10_mask_cost.py")],
+        cwd=tmp_path,
+        env={**os.environ, "GUIDE_DEVICE": "cpu", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "This chapter needs matplotlib for its plot: pip install matplotlib"
+    ]
 
 
 def test_mask_cost(run_chapter):
@@ -404,8 +428,10 @@ def test_mask_cost(run_chapter):
         "agree",
         "timer_threads",
         "verdicts",
+        "[slice_right, is_causal_right]",
     )
-    counts, repeats, ordered, positive, agree, timer_threads, verdicts = run.facts
+    (counts, repeats, ordered, positive, agree, timer_threads, verdicts,
+     cache_alignment) = run.facts  # fmt: skip
     labels = [
         "registered mask buffer",
         "mask rebuilt each forward",
@@ -419,9 +445,13 @@ def test_mask_cost(run_chapter):
     assert timer_threads == 1
     assert "timer threads: 1" in run.stdout
     # The conclusion is one of the three the numbers can support, and printed.
-    allowed = {"slower", "faster", "no measurable difference here (the ranges overlap)"}
+    allowed = {"slower", "faster", "no measurable difference (ranges overlap)"}
     assert set(verdicts.values()) <= allowed
     for label, verdict in verdicts.items():
         assert f"{label}: " in run.stdout
         assert verdict in run.stdout
     assert "lowest median here:" in run.stdout
+    # Every output line fits 100 columns, the timing table and verdicts included.
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
+    # With a cache the right mask rows are past .. past + t - 1; top-left is wrong.
+    assert cache_alignment == [True, False]
