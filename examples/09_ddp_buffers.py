@@ -325,6 +325,13 @@ assert copied == {
 # ``forward_sync_buffers=False``
 # ------------------------------
 
+# sphinx_gallery_start_ignore
+from torch.optim import swa_utils
+
+update_bn_source = inspect.getsource(swa_utils.update_bn)
+assert "@torch.no_grad()" in update_bn_source, "claim: update_bn runs under no_grad"
+assert "model.train()" in update_bn_source, "claim: ... in training mode"
+# sphinx_gallery_end_ignore
 without_broadcast = run_on_ranks(train, {SYNC: False})
 show(without_broadcast)
 for moment in ("after last step", "after next forward"):
