@@ -14,6 +14,7 @@ what the optimizer sees.
 # Where this page ran
 # -------------------
 
+import copy
 import os
 
 import torch
@@ -76,15 +77,41 @@ assert norm.num_batches_tracked.item() == 1, "claim: one batch counted"
 # %%
 # With the default ``momentum=0.1`` each batch moves the running mean 10% of the
 # way to the batch mean (here from zero, so it lands at a tenth of the batch
-# mean):
+# mean), and the running variance 10% of the way from one to the batch's
+# *unbiased* variance (divided by ``n - 1``), although the batch itself is
+# normalised with the biased one (divided by ``n``):
 
 with torch.no_grad():
-    batch_mean = model[0](batch).mean(dim=0)
+    features = model[0](batch)
+batch_mean = features.mean(dim=0)
+unbiased = features.var(dim=0, unbiased=True)
+biased = features.var(dim=0, unbiased=False)
 print("momentum:", norm.momentum)
-print("0.1 x batch mean:", [round(v, 4) for v in (0.1 * batch_mean).tolist()])
+print("0.1 x batch mean:        ", [round(v, 4) for v in (0.1 * batch_mean).tolist()])
+print(
+    "0.9 + 0.1 x unbiased var:", [round(v, 4) for v in (0.9 + 0.1 * unbiased).tolist()]
+)
+print("0.9 + 0.1 x biased var:  ", [round(v, 4) for v in (0.9 + 0.1 * biased).tolist()])
 assert torch.allclose(norm.running_mean, 0.1 * batch_mean, rtol=1e-4, atol=1e-6), (
     "claim: momentum=0.1 moves the running mean 10% of the way to the batch mean"
 )
+follows_unbiased = torch.allclose(norm.running_var, 0.9 + 0.1 * unbiased, rtol=1e-4)
+assert follows_unbiased, "claim: running_var moves toward the unbiased batch variance"
+# sphinx_gallery_start_ignore
+assert not torch.allclose(norm.running_var, 0.9 + 0.1 * biased, rtol=1e-4), (
+    "claim: not toward the biased one"
+)
+normalised = (features - batch_mean) / (biased + norm.eps).sqrt()
+with torch.no_grad():
+    out = norm.train()(features)
+    norm.running_mean.copy_(0.1 * batch_mean)  # undo this check's update
+    norm.running_var.copy_(0.9 + 0.1 * unbiased)
+    norm.num_batches_tracked.fill_(1)
+expected = normalised * norm.weight + norm.bias
+assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5), (
+    "claim: the batch is normalised with the biased variance"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # ``num_batches_tracked`` only counts, unless you build the layer with
@@ -94,7 +121,7 @@ assert torch.allclose(norm.running_mean, 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
 # sphinx_gallery_start_ignore
 fresh, counted = nn.BatchNorm1d(1), nn.BatchNorm1d(1)
 counted.num_batches_tracked.fill_(1000)
-sample = torch.randn(8, 1)
+sample = torch.randn(8, 1, generator=torch.Generator().manual_seed(0))
 fresh(sample), counted(sample)
 assert torch.equal(fresh.running_mean, counted.running_mean), (
     "claim: with a momentum, num_batches_tracked only counts"
@@ -115,8 +142,41 @@ for value in (1.0, 2.0, 6.0):
     )
 
 # %%
-# ... and freezes them in ``eval()``
-# ----------------------------------
+# ... and freezes them in ``eval()`` only
+# ---------------------------------------
+# ``requires_grad_(False)``, the usual way to freeze a layer for fine-tuning,
+# freezes its *parameters*: it stops their gradients. The running statistics
+# are not trained by gradients, so it does not stop them. Only ``eval()`` does,
+# and a later ``model.train()`` (which a training loop calls on the whole model)
+# sets it back to updating them. Each in turn, on a copy:
+
+
+def moves(layer):
+    """Does one forward pass under no_grad change the layer's running mean?"""
+    before = layer.running_mean.clone()
+    with torch.no_grad():
+        layer(model[0](batch))
+    return not torch.equal(before, layer.running_mean)
+
+
+frozen_copy = copy.deepcopy(norm).train()
+frozen_copy.requires_grad_(False)
+moved_after_requires_grad = moves(frozen_copy)
+frozen_copy.eval()
+moved_in_eval = moves(frozen_copy)
+frozen_copy.train()  # what model.train() does to every submodule
+moved_after_train = moves(frozen_copy)
+print("after requires_grad_(False), running_mean moves:", moved_after_requires_grad)
+print("after eval(), running_mean moves:               ", moved_in_eval)
+print("after train() again, running_mean moves:        ", moved_after_train)
+assert moved_after_requires_grad, "claim: requires_grad_(False) freezes no buffer"
+assert not moved_in_eval, "claim: eval() freezes the running statistics"
+assert moved_after_train, "claim: train() undoes eval()'s freeze"
+
+# %%
+# To keep a frozen BatchNorm frozen during fine-tuning, call ``eval()`` on it
+# after every ``model.train()``, or override the model's ``train()`` to do so.
+# Here is the whole model in ``eval()``:
 
 model.eval()
 frozen = {name: b.clone() for name, b in norm.named_buffers()}
@@ -197,17 +257,39 @@ assert model[0].bias.grad.abs().max() < 1e-5, "claim: 0.bias's gradient is ~zero
 # "Buffers are not updated during training" holds for the optimizer, and for
 # gradients by default: a buffer registered from an ordinary tensor gets none
 # (one registered from a tensor with ``requires_grad=True`` would, but nothing
-# registers BatchNorm's that way). It does not hold for the module: BatchNorm's
-# buffers change with every training batch, by design, and are saved in
-# ``state_dict()`` with their current values. A model evaluated without
-# ``model.eval()`` keeps changing them with every batch it sees, test data
-# included.
+# registers BatchNorm's that way; and such a buffer loses its gradient at the
+# first ``.double()``, or ``.to()`` that changes its device or dtype: the module
+# converts buffers outside ``no_grad``, so the new buffer is the result of an
+# operation, a non-leaf tensor whose ``.grad`` stays ``None``). It does not hold
+# for the module: BatchNorm's buffers change with every training batch, by
+# design, and are saved in ``state_dict()`` with their current values. A model
+# evaluated without ``model.eval()`` keeps changing them with every batch it
+# sees, test data included.
+#
+# Each rank of a data-parallel run has its own copy of these statistics, updated
+# from its own batches: chapter 9 shows what ``DistributedDataParallel`` does
+# about that, and ``nn.SyncBatchNorm``, which computes each batch's statistics
+# over all ranks.
 
 # sphinx_gallery_start_ignore
+import warnings
+
 with_grad = nn.Module()
 with_grad.register_buffer("scale", torch.ones(2, requires_grad=True))
 (with_grad.scale * 2).sum().backward()
 assert with_grad.scale.grad is not None, "claim: a buffer that requires grad gets one"
+converted = copy.deepcopy(with_grad).double()
+assert not converted.scale.is_leaf, "claim: .double() makes such a buffer a non-leaf"
+(converted.scale * 2).sum().backward()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # torch warns when a non-leaf's .grad is read
+    assert converted.scale.grad is None, "claim: its .grad stays None"
+moved_buffer = copy.deepcopy(with_grad).to("meta")
+assert not moved_buffer.scale.is_leaf, "claim: a .to() that moves it does the same"
+assert copy.deepcopy(with_grad).to("cpu").scale.is_leaf, (
+    "claim: only a .to() that changes device or dtype"
+)
+assert hasattr(nn, "SyncBatchNorm"), "claim: nn.SyncBatchNorm exists"
 assert all(not b.requires_grad for b in model.buffers()), "claim: BN's don't"
 assert torch.equal(model.state_dict()["1.running_mean"], norm.running_mean), (
     "claim: state_dict() saves the buffers' current values"
@@ -223,4 +305,9 @@ assert torch.equal(model.state_dict()["1.running_mean"], norm.running_mean), (
 # - ``num_batches_tracked`` counts training batches; with ``momentum=None`` it
 #   turns the running statistics into a cumulative average.
 # - Call ``model.eval()`` before evaluating, or the buffers keep learning from
-#   whatever data passes through.
+#   whatever data passes through. ``requires_grad_(False)`` does not freeze
+#   them, and ``model.train()`` undoes ``eval()``.
+# - ``running_var`` tracks the unbiased batch variance; the batch itself is
+#   normalised with the biased one.
+# - Across processes each rank's statistics follow its own data: see chapter 9
+#   and ``nn.SyncBatchNorm``.

@@ -18,10 +18,12 @@ each buffer.
 
 import copy
 import os
+import textwrap
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/08_llm_caches.png"
 
@@ -46,6 +48,13 @@ torch.manual_seed(123)
 # tokens after ``earlier`` cached ones takes rows ``earlier .. earlier + t - 1``
 # of it, so each new token sees the cache and the new tokens up to its own
 # position.
+#
+# The cache holds ``max_batch_size`` sequences (1 unless you say otherwise) and
+# is for inference only: ``use_cache=True`` refuses to run with gradients on,
+# and a batch larger than the cache, with errors that say what to do (both shown
+# further down). Training uses ``use_cache=False``, which never touches the
+# cache. ``reset_buffers()`` rebuilds every non-persistent buffer, for instance
+# after ``to_empty()`` on a model built on the ``meta`` device.
 
 
 class Rotary(nn.Module):
@@ -55,6 +64,10 @@ class Rotary(nn.Module):
         cos, sin = self.table()
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+
+    def reset_buffers(self):
+        """Rebuild the tables in float32 (after ``to_empty``, or after a cast)."""
+        self.cos, self.sin = self.table(self.cos.device)
 
     def table(self, device=None):
         """cos and sin of every position's angles, computed in float32."""
@@ -74,18 +87,50 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, heads, context_length, batch_size=1):
+    def __init__(self, dim, heads, context_length, max_batch_size=1):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.context_length, self.max_batch_size = context_length, max_batch_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         self.rotary = Rotary(self.head_dim, context_length)
-        shape = (batch_size, heads, context_length, self.head_dim)
+        shape = (max_batch_size, heads, context_length, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
         # True = may attend, the convention of SDPA's boolean attn_mask.
         causal = torch.ones(context_length, context_length, dtype=torch.bool).tril()
         self.register_buffer("causal", causal, persistent=False)
+
+    def reset_buffers(self):
+        """Empty caches and a fresh mask (after ``to_empty``, or between prompts)."""
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+        n = self.context_length
+        self.causal.copy_(torch.ones(n, n, dtype=torch.bool).tril())
+
+    def check_cache(self, b, start, t):
+        """Refuse what the cache cannot hold, with a message that says what to do."""
+        if torch.is_grad_enabled():
+            msg = (
+                "the key/value cache is for inference only: call the model with "
+                "use_cache=True under torch.no_grad() or torch.inference_mode(), "
+                "and train with use_cache=False"
+            )
+            raise RuntimeError(msg)
+        if b > self.max_batch_size:
+            msg = (
+                f"a batch of {b} does not fit the cache, allocated for "
+                f"max_batch_size={self.max_batch_size}: build the model with "
+                f"max_batch_size={b} or more, or feed at most "
+                f"{self.max_batch_size} sequences at a time"
+            )
+            raise ValueError(msg)
+        if start + t > self.context_length:
+            msg = (
+                f"positions {start}..{start + t - 1} do not fit the cache's "
+                f"context_length={self.context_length}"
+            )
+            raise ValueError(msg)
 
     def forward(self, x, start=0, use_cache=False):
         b, t, dim = x.shape
@@ -93,6 +138,7 @@ class Attention(nn.Module):
         q, k, v = (tensor.transpose(1, 2) for tensor in (q, k, v))
         q, k = self.rotary(q, start), self.rotary(k, start)
         if use_cache:
+            self.check_cache(b, start, t)
             self.k_cache[:b, :, start : start + t] = k
             self.v_cache[:b, :, start : start + t] = v
             k, v = self.k_cache[:b, :, : start + t], self.v_cache[:b, :, : start + t]
@@ -105,10 +151,10 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, context_length):
+    def __init__(self, dim, heads, context_length, max_batch_size=1):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, context_length)
+        self.attn = Attention(dim, heads, context_length, max_batch_size)
         self.mlp = nn.Sequential(
             nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
         )
@@ -119,14 +165,22 @@ class Block(nn.Module):
 
 
 class TinyGPT(nn.Module):
-    def __init__(self, vocab=100, dim=32, heads=4, layers=2, context_length=64):
+    def __init__(
+        self, vocab=100, dim=32, heads=4, layers=2, context_length=64, max_batch_size=1
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, context_length) for _ in range(layers)
+            Block(dim, heads, context_length, max_batch_size) for _ in range(layers)
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
+
+    def reset_buffers(self):
+        """Rebuild every non-persistent buffer: rotary tables, masks, empty caches."""
+        for module in self.modules():
+            if isinstance(module, Rotary | Attention):
+                module.reset_buffers()
 
     def forward(self, tokens, start=0, use_cache=False):
         x = self.embed(tokens)
@@ -158,6 +212,31 @@ print("is_causal=True matches the top-left triangle:", is_top_left)
 print("is_causal=True matches the cache's triangle: ", is_bottom_right)
 assert is_top_left, "claim: SDPA's is_causal=True aligns its triangle top-left"
 assert not is_bottom_right, "claim: is_causal=True is wrong for a chunk after a cache"
+
+# %%
+# PyTorch names the two alignments in ``torch.nn.attention.bias``:
+# ``causal_upper_left`` is what ``is_causal=True`` does, and
+# ``causal_lower_right`` is the cache's triangle. Passed as ``attn_mask``, the
+# latter gives what the chapter's mask slice gives (rows ``2 .. 4`` of a 5 x 5
+# lower triangle, for three queries after two cached keys):
+
+lower_right = causal_lower_right(3, 5)
+lower_right_out = F.scaled_dot_product_attention(q, k, v, attn_mask=lower_right)
+sliced = torch.ones(5, 5, dtype=torch.bool, device=device).tril()[2:5, :5]
+sliced_out = F.scaled_dot_product_attention(q, k, v, attn_mask=sliced)
+agrees = torch.allclose(lower_right_out, sliced_out, rtol=1e-4, atol=1e-5)
+print("causal_lower_right(3, 5) agrees with the mask slice [2:5, :5]:", agrees)
+assert agrees, "claim: causal_lower_right is the cache's triangle, the slice's"
+# sphinx_gallery_start_ignore
+from torch.nn.attention.bias import causal_upper_left
+
+assert torch.allclose(
+    F.scaled_dot_product_attention(q, k, v, attn_mask=causal_upper_left(3, 5)),
+    is_causal,
+    rtol=1e-4,
+    atol=1e-5,
+), "claim: causal_upper_left is what is_causal=True does"
+# sphinx_gallery_end_ignore
 
 # %%
 # The caches follow ``.to(device)``
@@ -207,6 +286,60 @@ for sizes in [(10,), (1,) * 10, (3, 2, 5), (5, 1, 4), (2, 2, 2, 2, 2), (9, 1)]:
 assert all(d < 1e-4 for d in chunk_differences.values()), (
     "claim: the cached attention matches the uncached one for any chunk sizes"
 )
+
+# %%
+# The cache is for inference
+# --------------------------
+# Training feeds whole sequences with ``use_cache=False`` and never touches the
+# cache: one optimizer step on a copy of the model shows it trains. The cache
+# refuses two calls: one with gradients on (a cache written under autograd
+# would hold the graph of every write, and gradients would not flow back into
+# earlier chunks as they do without it) and a batch larger than the
+# ``max_batch_size`` it was built for. What each refusal says:
+
+trainee = copy.deepcopy(model).train()
+optimizer = torch.optim.SGD(trainee.parameters(), lr=0.1)
+head_before = trainee.head.weight.detach().clone()
+logits = trainee(tokens[:, :-1])  # use_cache=False: the whole sequence at once
+loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+loss.backward()
+optimizer.step()
+moved = not torch.equal(head_before, trainee.head.weight)
+print(f"one step without the cache: loss {loss.item():.3f}, weights moved: {moved}")
+assert moved, "claim: the uncached path trains"
+
+refusals = {}
+for label, call in (
+    ("use_cache=True with gradients on", lambda: trainee(tokens, use_cache=True)),
+    ("a batch of 2, cache for 1", lambda: chunked(model, tokens.repeat(2, 1), (10,))),
+):
+    try:
+        call()
+    except (RuntimeError, ValueError) as error:
+        refusals[label] = f"{type(error).__name__}: {error}"
+    print(textwrap.fill(f"{label}: {refusals.get(label, 'ran')}", width=88))
+    print()
+assert refusals.keys() == {
+    "use_cache=True with gradients on",
+    "a batch of 2, cache for 1",
+}, "claim: the cache refuses gradients and batches beyond max_batch_size"
+# sphinx_gallery_start_ignore
+assert refusals["a batch of 2, cache for 1"].startswith("ValueError"), (
+    "claim: a batch beyond max_batch_size is a ValueError"
+)
+assert all(b.is_leaf and b.grad_fn is None for b in trainee.buffers()), (
+    "claim: a refused call leaves no graph in the buffers"
+)
+_ = copy.deepcopy(trainee)  # would fail on a buffer that carries a graph
+with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
+    pair = TinyGPT(max_batch_size=2)
+pair.load_state_dict(model.state_dict())
+pair = pair.to(device).eval()
+two = torch.cat([tokens, tokens.flip(1)])
+with torch.no_grad():
+    pair_gap = (chunked(pair, two, (3, 7)) - pair(two)).abs().max().item()
+assert pair_gap < 1e-4, "claim: max_batch_size=2 caches a batch of two correctly"
+# sphinx_gallery_end_ignore
 
 # %%
 # Generating with the cache
@@ -294,7 +427,7 @@ half_dtypes = {
     name: str(b.dtype).removeprefix("torch.")
     for name, b in half_model.blocks[0].attn.named_buffers()
 }
-print("after .half():", half_dtypes)
+print(textwrap.fill(f"after .half(): {half_dtypes}", width=88))
 full_cos = model.blocks[0].attn.rotary.cos
 table_error = (rotary.cos.float() - full_cos).abs().max().item()
 print(f"rotary table after .half(): largest error {table_error:.1e}")
@@ -305,13 +438,13 @@ assert half_dtypes["causal"] == "bool", "claim: .half() leaves a bool buffer alo
 
 # %%
 # To keep the table in float32 in a half-precision model, rebuild it after the
-# cast: assigning a tensor to a buffer's name replaces the buffer (it stays a
-# non-persistent buffer). ``Rotary.forward`` rotates in the table's dtype and
+# cast, as ``Rotary.reset_buffers()`` does: assigning a tensor to a buffer's
+# name replaces the buffer (it stays a non-persistent buffer). ``Rotary.forward`` rotates in the table's dtype and
 # returns the input's.
 
 for module in half_model.modules():
     if isinstance(module, Rotary):
-        module.cos, module.sin = module.table(module.cos.device)
+        module.reset_buffers()  # self.cos, self.sin = self.table(...)
 print("rebuilt:", rotary.cos.dtype, "buffer:", "cos" in dict(rotary.named_buffers()))
 print(
     "still out of state_dict:",
@@ -344,5 +477,10 @@ assert torch.equal(rotary.cos, full_cos), "claim: rebuilt exactly"
 # - Register them with ``persistent=False``: the configuration rebuilds the
 #   table, and a cache is run-time state, not a learned value.
 # - With a cache, ``is_causal=True`` is wrong for a chunk after the first: give
-#   SDPA a mask aligned to the end of the keys, and compare cached against
-#   uncached output, for several chunk sizes, whenever you change it.
+#   SDPA a mask aligned to the end of the keys (the slice above, or
+#   ``causal_lower_right``), and compare cached against uncached output, for
+#   several chunk sizes, whenever you change it.
+# - A preallocated cache has a batch size: size it with ``max_batch_size`` and
+#   refuse larger batches with a message that says so. Keep it out of autograd:
+#   this one refuses ``use_cache=True`` with gradients on; training uses the
+#   uncached path.

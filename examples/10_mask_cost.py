@@ -20,11 +20,16 @@ written in advance.
 import os
 import statistics
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
+
+try:
+    import matplotlib.pyplot as plt
+except ModuleNotFoundError:
+    msg = "This chapter needs matplotlib for its plot: pip install matplotlib"
+    raise SystemExit(msg) from None
 
 device = torch.device(
     os.environ.get("GUIDE_DEVICE")
@@ -46,13 +51,18 @@ torch.manual_seed(123)
 class Attention(nn.Module):
     def __init__(self, dim=256, heads=4, context_length=2048, mode="buffer"):
         super().__init__()
-        self.heads, self.mode = heads, mode
+        self.heads, self.mode, self.context_length = heads, mode, context_length
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        if mode == "buffer":
-            causal = torch.ones(context_length, context_length, dtype=torch.bool).triu(
-                1
-            )
+        if mode == "buffer":  # True = hidden: the book's convention, for masked_fill
+            n = context_length
+            causal = torch.ones(n, n, dtype=torch.bool).triu(1)
             self.register_buffer("mask", causal, persistent=False)
+
+    def reset_buffers(self):
+        """Rebuild the mask, which no ``state_dict`` holds (after ``to_empty``)."""
+        if self.mode == "buffer":
+            n = self.context_length
+            self.mask.copy_(torch.ones(n, n, dtype=torch.bool).triu(1))
 
     def forward(self, x):
         b, t, dim = x.shape
@@ -86,6 +96,59 @@ with torch.no_grad():
 agree = all(torch.allclose(outputs[0], o, rtol=1e-4, atol=1e-4) for o in outputs)
 print("all three agree (to 1e-4):", agree)
 assert agree, "claim: the three layers compute the same attention"
+
+# %%
+# When the queries are fewer than the keys
+# ----------------------------------------
+# ``mask[:t, :t]`` and ``is_causal=True`` both align the triangle to the top
+# left: query ``i`` sees keys ``0 .. i``. That is right here, where the queries
+# and the keys are the same ``t`` tokens. With a key/value cache (chapter 8) the
+# ``t`` new queries come after ``past`` cached keys, at positions
+# ``past .. past + t - 1``, and query ``i`` must see keys ``0 .. past + i``: the
+# right slice is the rows ``past .. past + t - 1`` of the full mask,
+# ``mask[past : past + t, : past + t]`` (in SDPA's terms,
+# ``torch.nn.attention.bias.causal_lower_right``). Three queries after five
+# cached keys, checked against attention written out one query at a time:
+
+past, t = 5, 3
+q = torch.randn(1, 1, t, 8, device=device)
+k, v = (torch.randn(1, 1, past + t, 8, device=device) for _ in range(2))
+scores = (q @ k.transpose(-2, -1)) / 8**0.5
+full_mask = layers["registered mask buffer"].mask  # True = hidden
+right_slice = full_mask[past : past + t, : past + t]
+with_slice = scores.masked_fill(right_slice, float("-inf")).softmax(dim=-1) @ v
+top_left = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+one_at_a_time = torch.cat(
+    [
+        F.softmax(scores[..., i : i + 1, : past + i + 1], dim=-1)
+        @ v[..., : past + i + 1, :]
+        for i in range(t)
+    ],
+    dim=-2,
+)
+slice_right = torch.allclose(with_slice, one_at_a_time, rtol=1e-4, atol=1e-5)
+is_causal_right = torch.allclose(top_left, one_at_a_time, rtol=1e-4, atol=1e-5)
+print("mask[past : past + t, : past + t] matches the explicit attention:", slice_right)
+print(
+    "is_causal=True (top-left) matches the explicit attention:        ", is_causal_right
+)
+assert slice_right, (
+    "claim: with a cache, the mask's rows past .. past + t - 1 are right"
+)
+assert not is_causal_right, "claim: the top-left triangle is wrong with a cache"
+# sphinx_gallery_start_ignore
+from torch.nn.attention.bias import causal_lower_right
+
+assert torch.allclose(
+    F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, past + t)),
+    one_at_a_time,
+    rtol=1e-4,
+    atol=1e-5,
+), "claim: causal_lower_right is the right alignment"
+assert torch.equal(full_mask[:t, :t], full_mask[past : past + t, past : past + t]), (
+    "claim: mask[:t, :t] is the same triangle, aligned top-left"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Timing
@@ -130,15 +193,32 @@ medians = {
 }
 
 timer_threads = measurement.task_spec.num_threads
+short = dict(zip(layers, ("buffer", "rebuilt", "sdpa"), strict=True))
+
+
+def ms(value):
+    """A time in ms with about four significant digits, and always a decimal point."""
+    decimals = 3 if value < 10 else 2 if value < 100 else 1
+    return f"{value:.{decimals}f}"
+
+
 print(f"timer threads: {timer_threads} (torch here: {torch.get_num_threads()})")
+for label, name in short.items():
+    print(f"{name:>8}: {label}")
 print(f"{REPEATS} measurements per cell: median [range], ms")
-print(f"{'tokens':>6}  " + "  ".join(f"{label:>26}" for label in layers))
+cells = {
+    label: [
+        f"{ms(medians[label][i])} [{ms(min(r))}-{ms(max(r))}]"
+        for i, r in enumerate(values)
+    ]
+    for label, values in runs.items()
+}
+width = 22  # fixed, so the header reads the same whatever was measured
+print(f"{'tokens':>6}  " + "  ".join(f"{short[label]:>{width}}" for label in layers))
 for i, length in enumerate(lengths):
-    cells = (
-        f"{medians[label][i]:.3f} [{min(runs[label][i]):.3f}-{max(runs[label][i]):.3f}]"
-        for label in layers
+    print(
+        f"{length:>6}  " + "  ".join(f"{cells[label][i]:>{width}}" for label in layers)
     )
-    print(f"{length:>6}  " + "  ".join(f"{cell:>26}" for cell in cells))
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -176,8 +256,8 @@ def compare(label, against="registered mask buffer"):
     elif max(mine) < min(theirs):
         verdict = "faster"
     else:
-        verdict = "no measurable difference here (the ranges overlap)"
-    return verdict, f"{label}: {ratio:.2f}x the {against}'s median time, {verdict}"
+        verdict = "no measurable difference (ranges overlap)"
+    return verdict, f"{label}: {ratio:.2f}x the {short[against]}'s median, {verdict}"
 
 
 print(f"at {lengths[longest]} tokens on {device}, timer threads {threads}:")
@@ -197,5 +277,8 @@ print(f"  lowest median here: {fastest}")
 # - ``scaled_dot_product_attention(is_causal=True)`` needs no mask tensor at all,
 #   and torch picks the kernel it runs on each device; whether it is the fastest
 #   of the three on yours is a measurement, like the one above, not an assumption.
+# - ``mask[:t, :t]`` and ``is_causal=True`` are right only while the queries and
+#   the keys are the same tokens; after ``past`` cached keys, take
+#   ``mask[past : past + t, : past + t]`` (or ``causal_lower_right``).
 # - Time with repeats and look at the spread before concluding, and say how many
 #   threads the timer used: ``torch.utils.benchmark.Timer`` uses one unless told.

@@ -20,10 +20,10 @@ the ``state_dict()``, and what a mixed-precision policy casts.
 # buffers was checked on a CPU mesh only (see the end of the page).
 
 import datetime as dt
+import gc
 import inspect
 import multiprocessing
 import os
-import signal
 import socket
 import sys
 import time
@@ -49,7 +49,7 @@ print("torch.distributed available:", dist.is_available())
 # ---------
 # A ``Linear``, a ``BatchNorm1d`` (two buffers of statistics and a counter) and
 # a second ``Linear``, plus a non-persistent buffer of our own that scales the
-# output.
+# output (``reset_buffers()`` refills it, for a model built on ``meta``).
 
 
 class Net(nn.Module):
@@ -59,6 +59,10 @@ class Net(nn.Module):
         self.norm = nn.BatchNorm1d(6)
         self.out = nn.Linear(6, 2)
         self.register_buffer("output_scale", torch.full((2,), 0.5), persistent=False)
+
+    def reset_buffers(self):
+        """Refill the non-persistent buffer (after ``to_empty``, say)."""
+        self.output_scale.fill_(0.5)
 
     def forward(self, x):
         return self.out(self.norm(self.inp(x))) * self.output_scale
@@ -130,6 +134,17 @@ def rank_report(rank):
     report["buffers"] = {n: describe(b) for n, b in model.named_buffers()}
     report["inp.weight shard"] = model.inp.weight.to_local().tolist()
 
+    # fully_shard sends no buffer anywhere, not even once at wrap time: a buffer
+    # that differs across ranks (here set from the rank) stays different until
+    # you broadcast it yourself.
+    uneven = Net()
+    uneven.output_scale.fill_(0.5 + rank)  # as if each rank computed its own
+    fully_shard(uneven, mesh=cpu)
+    report["output_scale at wrap"] = uneven.output_scale.tolist()
+    for buffer in uneven.buffers():
+        dist.broadcast(buffer, src=0)
+    report["output_scale after broadcast"] = uneven.output_scale.tolist()
+
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     data = torch.Generator().manual_seed(100 + rank)
     for _ in range(STEPS):
@@ -155,17 +170,24 @@ def rank_report(rank):
         full["norm.running_mean"].tolist() if "norm.running_mean" in full else None
     )
 
-    # The fix for drifting statistics: combine them over the ranks before saving.
-    # A variance over the pooled data is the mean of (variance + mean**2) minus
-    # the pooled mean squared: averaging the variances alone would leave out how
-    # far apart the ranks' means are.
-    norm, world_size = model.norm, dist.get_world_size()
+    # The fix for drifting statistics: combine them over the ranks before saving,
+    # each rank weighted by the number of samples it saw (equal here; with
+    # unequal counts a plain average would over-weight the smaller ranks).
+    # A variance over the pooled data is the weighted mean of
+    # (variance + mean**2) minus the pooled mean squared: averaging the
+    # variances alone would leave out how far apart the ranks' means are.
+    norm = model.norm
+    seen = torch.tensor(float(16 * STEPS))  # samples this rank trained on
+    total = seen.clone()
+    dist.all_reduce(total)  # in place: the sum over the ranks
+    share = seen / total
     second_moment = norm.running_var + norm.running_mean**2
     averaged_var = norm.running_var.clone()
     for buffer in (norm.running_mean, second_moment, averaged_var):
-        dist.all_reduce(buffer)  # in place: the sum over the ranks
-        buffer.div_(world_size)
+        buffer.mul_(share)
+        dist.all_reduce(buffer)  # the weighted sum over the ranks
     norm.running_var.copy_(second_moment - norm.running_mean**2)
+    report["samples seen"] = seen.item()
     report["averaged running_mean"] = norm.running_mean.tolist()
     report["averaged running_var"] = averaged_var.tolist()
     report["pooled running_var"] = norm.running_var.tolist()
@@ -233,37 +255,50 @@ def rank_report(rank):
 
 
 # %%
-# Two processes, bounded, and a clean exit
-# ----------------------------------------
-# The workers are forked from this process (so the chapter needs the ``fork``
-# start method, which Windows lacks). They are daemons and their process group
-# times out after a minute, so a killed parent leaves no rank waiting. Each sends its report over a pipe, whose ``send()``
-# returns once the bytes are written, then leaves the process group and exits
-# at once. The parent waits a bounded time for each rank and, if one stays
-# silent, says which and why, instead of hanging the build.
+# Running it on separate processes
+# --------------------------------
+# ``run_on_ranks(job, *args, world_size=2)`` forks one process per rank (so the
+# chapter needs the ``fork`` start method, which Windows lacks); each joins the
+# group, runs ``job(rank, *args)`` and sends what it returns back through a
+# pipe, then frees its models, leaves the group and exits at once. The parent
+# waits a bounded time for each rank and, if one stays silent, says which and
+# why, instead of hanging the build. It is plumbing, not the lesson: the same
+# code as in chapter 9, folded away below (unfold it to read or copy it).
+#
+# .. raw:: html
+#
+#    <details><summary>The plumbing: <code>run_on_ranks</code> and its
+#    helpers</summary>
 
 
-def worker(rank, world_size, port, connection):
-    # A forked child cannot use the parent's OpenMP thread pool: one thread each.
+def worker(job, rank, world_size, port, connection, args):
+    """One rank: join the group, run ``job``, send its result, leave at once."""
+    # A forked child cannot use the parent's OpenMP thread pool: once the parent
+    # has run parallel torch code, a child using it hangs. One thread each.
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=world_size,
-        timeout=dt.timedelta(seconds=60),
+        timeout=dt.timedelta(seconds=60),  # a rank left waiting gives up
     )
     try:
-        connection.send(("report", rank_report(rank)))
-    except Exception as error:  # noqa: BLE001 (the parent reports any failure)
-        connection.send(("error", f"{type(error).__name__}: {error}"))
+        try:
+            message = ("done", job(rank, *args))
+        except Exception as error:  # noqa: BLE001 - parent reports it, with the rank
+            message = ("failed", f"{type(error).__name__}: {error}")
+        connection.send(message)  # synchronous: the parent can read it from now on
     finally:
+        # DDP and FSDP models sit in reference cycles that only the garbage
+        # collector frees; free them now, while the process group is alive, not
+        # at a later collection (which could drop the group's last reference
+        # while holding the GIL, and wait for gloo's threads that need it).
+        gc.collect()
         dist.destroy_process_group()
-        connection.close()
         sys.stdout.flush()
         sys.stderr.flush()
-        # Skip interpreter teardown: gloo's destructors can deadlock at exit.
-        os._exit(0)
+        os._exit(0)  # everything is sent: skip the remaining destructors and exit
 
 
 def free_port():
@@ -272,58 +307,69 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def why_silent(process):
+def silence(rank, process, timeout):
+    """Say, in words, why ``rank`` sent no report."""
     if process.exitcode is None:
-        return "it is still running (stuck, most likely waiting for the other rank)"
+        return (
+            f"rank {rank} sent nothing within {timeout} s and is still running: it is"
+            " stuck, most likely waiting in a collective for a rank that failed"
+        )
     if process.exitcode < 0:
-        return f"it was killed by {signal.Signals(-process.exitcode).name}"
-    return f"it exited with code {process.exitcode} before sending anything"
+        return f"rank {rank} was killed by signal {-process.exitcode} before reporting"
+    return f"rank {rank} exited (code {process.exitcode}) without sending a report"
 
 
-def run_on_two_processes(world_size=2, timeout=120):
+def run_on_ranks(job, *args, world_size=2, timeout=120):
+    """Run ``job(rank, *args)`` in ``world_size`` processes; return results by rank."""
     context = multiprocessing.get_context("fork")  # workers defined in this script
     port = free_port()
     pipes = [context.Pipe(duplex=False) for _ in range(world_size)]
     processes = [
         context.Process(
-            target=worker, args=(rank, world_size, port, pipes[rank][1]), daemon=True
+            target=worker,
+            args=(job, rank, world_size, port, sender, args),
+            daemon=True,  # a parent that dies takes its ranks with it
         )
-        for rank in range(world_size)
+        for rank, (_, sender) in enumerate(pipes)
     ]
-    for process in processes:
+    for process, (_, sender) in zip(processes, pipes, strict=True):
         process.start()
-    for _, sending_end in pipes:
-        sending_end.close()  # the parent only receives
-    reports, failures = [], []
-    deadline = time.monotonic() + timeout
+        sender.close()  # the worker's copy stays open: closed when it exits
+    deadline = time.monotonic() + timeout  # bounded: a stuck rank fails the run
+    results, problems = [], []
     try:
-        for rank, (receiving_end, _) in enumerate(pipes):
-            try:
-                if not receiving_end.poll(max(0.0, deadline - time.monotonic())):
-                    raise EOFError
-                kind, payload = receiving_end.recv()
-            except EOFError:
-                processes[rank].join(timeout=1)
-                failures.append(
-                    f"rank {rank} sent nothing: {why_silent(processes[rank])}"
-                )
+        for rank, ((receiver, _), process) in enumerate(
+            zip(pipes, processes, strict=True)
+        ):
+            if not receiver.poll(max(0.0, deadline - time.monotonic())):
+                problems.append(silence(rank, process, timeout))
                 continue
-            if kind == "error":
-                failures.append(f"rank {rank} failed: {payload}")
-            else:
-                reports.append(payload)
+            try:
+                status, value = receiver.recv()
+            except EOFError:  # the pipe closed: the worker died before sending
+                process.join(timeout=10)
+                problems.append(silence(rank, process, timeout))
+                continue
+            if status == "failed":
+                problems.append(f"rank {rank} failed: {value}")
+            results.append(value)
     finally:
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
                 process.join()
-    if failures:
-        raise RuntimeError("; ".join(failures))
-    return reports
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return results
 
 
-reports = run_on_two_processes()
+# %%
+# .. raw:: html
+#
+#    </details>
+
+reports = run_on_ranks(rank_report)
 rank0, rank1 = reports
 
 # %%
@@ -340,10 +386,10 @@ for name, info in rank0["parameters"].items():
         f"  {name:12} {info['type']:8} global {info['shape']!s:7} "
         f"this rank {info['local_shape']!s:7} {info['placements']}"
     )
-print("rank 0's slice of inp.weight:", [[round(v, 3) for v in row] for row in
-                                        rank0["inp.weight shard"]])  # fmt: skip
-print("rank 1's slice of inp.weight:", [[round(v, 3) for v in row] for row in
-                                        rank1["inp.weight shard"]])  # fmt: skip
+for report in reports:
+    print(f"rank {report['rank']}'s slice of inp.weight, one row a line:")
+    for row in report["inp.weight shard"]:
+        print("   ", [round(v, 3) for v in row])
 assert all(i["type"] == "DTensor" for i in rank0["parameters"].values()), (
     "claim: every parameter becomes a DTensor"
 )
@@ -379,8 +425,31 @@ assert rank1["buffers"] == rank0["buffers"], "claim: every rank holds every buff
 # Every rank holds a full copy of every buffer, the non-persistent
 # ``output_scale`` included, as plain ``torch.Tensor`` objects: not sharded, and
 # not even a ``DTensor`` with a "replicated" layout. FSDP2 never communicates
-# them. Buffers are usually small, so keeping them whole costs little; what it
-# means for BatchNorm shows after training.
+# them, not even once when it wraps the model (DDP copies rank 0's buffers to
+# every rank at construction; ``fully_shard`` does not). So the ranks' buffers
+# agree at the start only if every rank built them alike: this page seeds every
+# rank the same and computes the same ``output_scale``. A buffer each rank
+# computed its own way (here ``output_scale`` set to ``0.5 + rank`` before
+# ``fully_shard``) stays different until you broadcast it from rank 0 yourself,
+# ``for b in model.buffers(): dist.broadcast(b, src=0)``:
+
+for report in reports:
+    print(
+        f"rank {report['rank']} output_scale after fully_shard:",
+        report["output_scale at wrap"],
+        " after the broadcast:",
+        report["output_scale after broadcast"],
+    )
+assert rank0["output_scale at wrap"] != rank1["output_scale at wrap"], (
+    "claim: fully_shard does not broadcast buffers at wrap time"
+)
+assert rank1["output_scale after broadcast"] == rank0["output_scale at wrap"], (
+    "claim: a broadcast from rank 0 makes them agree"
+)
+
+# %%
+# Buffers are usually small, so keeping them whole costs little; what it means
+# for BatchNorm shows after training.
 #
 # After training: parameters agree, buffers drift
 # -----------------------------------------------
@@ -458,12 +527,16 @@ assert rank0["full running_mean"] == rank0["running_mean"], (
 # %%
 # So rank 1's statistics are simply dropped. If every rank's data should count,
 # combine the statistics over the ranks yourself before saving, as each rank did
-# above: an ``all_reduce`` of ``running_mean`` divided by the number of ranks.
-# For ``running_var`` the average of the ranks' variances is not enough: it
-# leaves out how far apart the ranks' means are (rank 1's data is shifted by 2).
-# Average ``running_var + running_mean**2`` instead and subtract the averaged
-# mean squared:
+# above: an ``all_reduce`` of ``running_mean``, each rank's share weighted by the
+# number of samples it saw. Here every rank saw the same number, so the weights
+# are equal and this is the plain average; dividing the sum by the number of
+# ranks, as often written, is right only in that case. For ``running_var`` the
+# average of the ranks' variances is not enough: it leaves out how far apart the
+# ranks' means are (rank 1's data is shifted by 2). Average
+# ``running_var + running_mean**2`` instead and subtract the averaged mean
+# squared:
 
+print("samples seen by each rank:", [report["samples seen"] for report in reports])
 for report in reports:
     print(f"rank {report['rank']} averaged running_mean:",
           [round(v, 4) for v in report["averaged running_mean"]])  # fmt: skip
@@ -481,15 +554,20 @@ assert torch.allclose(
     atol=1e-5,
 ), "claim: the averaged variance leaves out the spread of the ranks' means"
 assert (spread_of_means > 0).all(), "claim: the ranks' means differ"
+assert rank0["samples seen"] == rank1["samples seen"], "claim: equal sample counts"
+assert torch.allclose(
+    torch.tensor(rank0["averaged running_mean"]), rank_means.mean(0)
+), "claim: with equal counts the weighted combination is the plain average"
 # sphinx_gallery_end_ignore
 
 # %%
-# Mixed precision: parameters are cast, buffers are not
-# -----------------------------------------------------
+# Mixed precision on a CPU mesh: parameters are cast, buffers are not
+# -------------------------------------------------------------------
 # ``MixedPrecisionPolicy(param_dtype=torch.bfloat16)`` makes FSDP2 gather each
-# parameter in bfloat16 for the forward pass. Applied to the
-# whole model, it casts BatchNorm's weight and bias but not its running
-# statistics, and the layer refuses the mix:
+# parameter in bfloat16 for the forward pass. Applied to the whole model, it
+# casts BatchNorm's weight and bias but not its running statistics, and on the
+# CPU, where these ranks run, the layer refuses the mix (whether a GPU's
+# BatchNorm kernel accepts it was not run here):
 
 print(
     "BatchNorm got:", ", ".join(f"{k} {v}" for k, v in rank0["batchnorm got"].items())
@@ -541,23 +619,24 @@ assert rank0["grad dtype, bf16 reduce"] == "float32", (
 # by ``output_scale`` promotes the bfloat16 output to float32), the sharded
 # parameters it stores (float32, which the optimizer updates) and the gradients
 # it stores (float32 too: ``reduce_dtype`` sets only the dtype the gradients are
-# reduce-scattered in; even ``reduce_dtype=torch.bfloat16`` stores float32). A buffer you do want in
-# bfloat16, cast it yourself.
+# reduce-scattered in; even ``reduce_dtype=torch.bfloat16`` stores float32). A
+# buffer you do want in bfloat16, cast it yourself.
 #
 # What could not be shown here
 # ----------------------------
-# Nothing had to be left out: with this torch FSDP2 runs on two CPU processes
-# with ``gloo``, and every output above comes from that run. What this page does
-# not show is FSDP2 on GPUs, with NCCL doing the communication: what it does
-# with buffers was checked here, on the CPU, only.
+# FSDP2 on GPUs, with NCCL doing the communication: every output above comes
+# from two CPU processes talking over ``gloo``, so what FSDP2 does with buffers,
+# and the bfloat16 refusal above, were checked here on the CPU only.
 #
 # What to remember
 # ----------------
 # - ``fully_shard`` turns every parameter into a sharded ``DTensor``; buffers stay
 #   plain tensors, whole on every rank.
-# - FSDP2 never synchronises buffers: BatchNorm statistics drift apart across
-#   ranks. Combine them with ``all_reduce`` before saving (the variance with the
-#   spread of the ranks' means added back), or accept rank 0's.
+# - FSDP2 never synchronises buffers, not even at wrap time: seed every rank
+#   alike or broadcast them from rank 0 yourself. BatchNorm statistics drift
+#   apart across ranks. Combine them with ``all_reduce`` before saving (weighted
+#   by each rank's sample count, the variance with the spread of the ranks'
+#   means added back), or accept rank 0's.
 # - ``state_dict()`` holds ``DTensor`` shards and each rank's own buffers;
 #   ``get_model_state_dict`` with ``full_state_dict=True, cpu_offload=True``
 #   gathers parameters on rank 0 and takes rank 0's buffers (without

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -248,9 +250,16 @@ def test_batchnorm_and_optimizer(run_chapter):
         "by_forward",
         "by_step",
         "with_grad.scale.grad is not None",
+        "[moved_after_requires_grad, moved_in_eval, moved_after_train]",
+        "follows_unbiased",
+        "converted.scale.is_leaf",
     )
     (in_optimizer, buffers, buffer_grads, cumulative_mean, by_forward, by_step,
-     grad_when_asked) = run.facts  # fmt: skip
+     grad_when_asked, freezes, unbiased_var, converted_leaf) = run.facts  # fmt: skip
+    # requires_grad_(False) freezes no statistic; eval() does; train() undoes it.
+    assert freezes == [True, False, True]
+    assert unbiased_var  # running_var follows the unbiased batch variance
+    assert converted_leaf is False  # .double() turns a grad buffer into a non-leaf
     assert in_optimizer == ["0.weight", "0.bias", "1.weight", "1.bias"]
     assert not set(buffers) & set(in_optimizer)
     assert "running_mean unchanged in eval(): True" in run.stdout
@@ -260,6 +269,7 @@ def test_batchnorm_and_optimizer(run_chapter):
     assert set(by_step) <= set(in_optimizer)
     assert "0.bias moved by the step:" in run.stdout
     assert grad_when_asked  # "no gradient" is the default, not a rule
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
 
 
 def test_llm_caches(run_chapter):
@@ -275,9 +285,22 @@ def test_llm_caches(run_chapter):
         "[is_top_left, is_bottom_right]",
         "half_dtypes",
         "str(rotary.cos.dtype)",
+        "refusals",
+        "[moved, agrees, pair_gap]",
     )
     (same_tokens, logit_gap, saved_buffers, filled, length, patterns, chunk_gap,
-     alignment, half_dtypes, rebuilt_dtype) = run.facts  # fmt: skip
+     alignment, half_dtypes, rebuilt_dtype, refusals, checks) = run.facts  # fmt: skip
+    # The cache is inference-only and sized: both refusals say what to do.
+    grad_refusal = refusals["use_cache=True with gradients on"]
+    assert grad_refusal.startswith("RuntimeError: the key/value cache is for inference")
+    assert "torch.no_grad()" in grad_refusal
+    batch_refusal = refusals["a batch of 2, cache for 1"]
+    assert batch_refusal.startswith("ValueError: a batch of 2 does not fit")
+    assert "max_batch_size=1" in batch_refusal
+    moved, lower_right_agrees, pair_gap = checks
+    assert moved  # the uncached path trains
+    assert lower_right_agrees  # causal_lower_right is the cache's mask slice
+    assert pair_gap < 1e-4  # max_batch_size=2 caches two sequences correctly
     assert same_tokens
     assert logit_gap < 1e-4
     assert saved_buffers == []
@@ -290,6 +313,7 @@ def test_llm_caches(run_chapter):
     assert half_dtypes["rotary.cos"] == half_dtypes["k_cache"] == "float16"
     assert half_dtypes["causal"] == "bool"
     assert rebuilt_dtype == "torch.float32"
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
 
 
 def ddp_failure_messages(run_on_ranks):
@@ -335,8 +359,30 @@ def test_ddp_buffers(run_chapter):
         "[r['sum(weight)'] for r in with_broadcast + without_broadcast]",
         "refusals",
         "__import__('test_chapters').ddp_failure_messages(run_on_ranks)",
+        "copied",
+        "[r['rank'] for r in run_on_ranks(train, {SYNC: True}, world_size=3)]",
+        "identical(run_on_ranks(train, {SYNC: True}, world_size=3),"
+        " 'after next forward')",
+        "identical([{'m': 1}, {'m': 1}, {'m': 2}], 'm')",
+        "[SYNC, old_name[0]['warnings'], with_broadcast[0]['warnings']]",
     )
-    after_step, with_means, without_means, weight_sums, refusals, failures = run.facts
+    (after_step, with_means, without_means, weight_sums, refusals, failures, copied,
+     ranks_of_three, three_agree, third_differs, names) = run.facts  # fmt: skip
+    # DDP copies buffers only after a forward with grad on and outside no_sync().
+    assert copied == {
+        "with gradients": True,
+        "under no_grad()": False,
+        "inside no_sync()": False,
+    }
+    # The helpers work for three ranks, and identical() looks at every rank.
+    assert ranks_of_three == [0, 1, 2]
+    assert three_agree
+    assert third_differs is False
+    # The page leads with the current argument; the old one warns on this torch.
+    sync, old_warnings, new_warnings = names
+    assert sync == "forward_sync_buffers"
+    assert any("FutureWarning" in w and "deprecated" in w for w in old_warnings)
+    assert new_warnings == []
     assert after_step[0] != after_step[1]  # consistent only from the next forward
     assert with_means[0] == with_means[1] == after_step[0]
     assert without_means[0] != without_means[1]
@@ -349,6 +395,26 @@ def test_ddp_buffers(run_chapter):
     assert raised == "rank 1 failed: ValueError: rank 1's own error"
     assert died == "rank 1 exited (code 3) without sending a report"
     assert hung.startswith("rank 1 sent nothing within 3 s and is still running")
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
+
+
+def test_mask_cost_says_in_one_line_that_it_needs_matplotlib(tmp_path):
+    # A reader without matplotlib gets one line saying so, not a traceback.
+    blocker = tmp_path / "matplotlib.py"
+    blocker.write_text("raise ModuleNotFoundError(\"No module named 'matplotlib'\")\n")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "10_mask_cost.py")],
+        cwd=tmp_path,
+        env={**os.environ, "GUIDE_DEVICE": "cpu", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "This chapter needs matplotlib for its plot: pip install matplotlib"
+    ]
 
 
 def test_mask_cost(run_chapter):
@@ -362,8 +428,10 @@ def test_mask_cost(run_chapter):
         "agree",
         "timer_threads",
         "verdicts",
+        "[slice_right, is_causal_right]",
     )
-    counts, repeats, ordered, positive, agree, timer_threads, verdicts = run.facts
+    (counts, repeats, ordered, positive, agree, timer_threads, verdicts,
+     cache_alignment) = run.facts  # fmt: skip
     labels = [
         "registered mask buffer",
         "mask rebuilt each forward",
@@ -377,9 +445,13 @@ def test_mask_cost(run_chapter):
     assert timer_threads == 1
     assert "timer threads: 1" in run.stdout
     # The conclusion is one of the three the numbers can support, and printed.
-    allowed = {"slower", "faster", "no measurable difference here (the ranges overlap)"}
+    allowed = {"slower", "faster", "no measurable difference (ranges overlap)"}
     assert set(verdicts.values()) <= allowed
     for label, verdict in verdicts.items():
         assert f"{label}: " in run.stdout
         assert verdict in run.stdout
     assert "lowest median here:" in run.stdout
+    # Every output line fits 100 columns, the timing table and verdicts included.
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
+    # With a cache the right mask rows are past .. past + t - 1; top-left is wrong.
+    assert cache_alignment == [True, False]

@@ -2,6 +2,30 @@
 
 from __future__ import annotations
 
+import ast
+
+from conftest import EXAMPLES
+
+SHARED_PLUMBING = ("worker", "free_port", "silence", "run_on_ranks")
+
+
+def shared_functions(stem: str) -> dict[str, str]:
+    """The source of the multi-process helpers, as ``ast`` sees it."""
+    tree = ast.parse((EXAMPLES / f"{stem}.py").read_text())
+    return {
+        node.name: ast.dump(node)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name in SHARED_PLUMBING
+    }
+
+
+def test_ddp_and_fsdp_chapters_share_one_copy_of_the_plumbing():
+    # Chapters 9 and 15 each carry the helpers (a downloaded chapter runs alone);
+    # the two copies must stay the same code, so that a fix reaches both.
+    ddp, fsdp = shared_functions("09_ddp_buffers"), shared_functions("15_fsdp2_buffers")
+    assert sorted(ddp) == sorted(fsdp) == sorted(SHARED_PLUMBING)
+    assert ddp == fsdp
+
 
 def test_averaged_models(run_chapter):
     run = run_chapter(
@@ -55,10 +79,26 @@ def test_fsdp2_buffers(run_chapter):
         "rank0['bfloat16 error']",
         "rank0['forward dtypes']",
         "rank0['output dtype']",
+        "[[r['output_scale at wrap'], r['output_scale after broadcast']]"
+        " for r in reports]",
+        "[r['samples seen'] for r in reports]",
+        "(lambda rs: [(r['rank'], r['parameters']['inp.weight']['local_shape'],"
+        " r['averaged running_mean'] == rs[0]['averaged running_mean'])"
+        " for r in rs])(run_on_ranks(rank_report, world_size=3))",
     )
     (parameter_types, buffer_types, local_shape, weights_agree, buffers_agree,
      non_persistent_saved, full_sizes, averaged_agree, bf16_error, forward,
-     output_dtype) = run.facts  # fmt: skip
+     output_dtype, scales, samples, three_ranks) = run.facts  # fmt: skip
+    # fully_shard broadcasts no buffer at wrap time; a broadcast of our own does.
+    assert scales == [[[0.5, 0.5], [0.5, 0.5]], [[1.5, 1.5], [0.5, 0.5]]]
+    assert samples == [80.0, 80.0]  # the combination is weighted by these counts
+    # The same job and plumbing run on three ranks: 6 rows shard as 2 per rank.
+    assert three_ranks == [[0, [2, 4], True], [1, [2, 4], True], [2, [2, 4], True]]
+    # The page's output fits 100 columns; its prose scopes what ran on the CPU only.
+    assert max(len(line) for line in run.stdout.splitlines()) <= 100
+    source = (EXAMPLES / "15_fsdp2_buffers.py").read_text()
+    assert "Nothing had to be left out" not in source
+    assert "# Mixed precision on a CPU mesh: parameters are cast" in source
     assert parameter_types == ["DTensor"]
     assert buffer_types == ["Tensor"]
     assert local_shape == [3, 4]  # half of the 6 rows on each of 2 ranks
