@@ -39,7 +39,8 @@ class PutBack(ast.NodeTransformer):
     """Undoes a fix in a chapter's source, to show that the harness catches the bug.
 
     ``no_grad``: ``with torch.no_grad():`` blocks run their body in grad mode, and
-    ``@torch.no_grad()`` decorators go; ``detach``: ``x.detach()`` becomes ``x``.
+    ``@torch.no_grad()`` decorators go; ``detach``: ``x.detach()`` becomes ``x``;
+    ``grad_guard``: an ``if torch.is_grad_enabled(): ...`` refusal goes.
     """
 
     def __init__(self, fixes: frozenset[str]) -> None:
@@ -55,6 +56,12 @@ class PutBack(ast.NodeTransformer):
             self.is_no_grad(item.context_expr) for item in node.items
         ):
             return node.body
+        return node
+
+    def visit_If(self, node: ast.If) -> Any:
+        self.generic_visit(node)
+        if "grad_guard" in self.fixes and "is_grad_enabled" in ast.unparse(node.test):
+            return node.orelse or ast.Pass()
         return node
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
@@ -154,6 +161,30 @@ class Copied:
 
     def inputs(self, batch: int, length: int, seed: int = 0) -> Inputs:
         return self.example(batch, length, torch.Generator().manual_seed(seed))
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Multi-process code a chapter offers for reuse: run on 2 and on 3 ranks."""
+
+    chapter: str
+    name: str
+    # Runs the job on ``world_size`` ranks; returns what each rank returned.
+    run: Callable[[types.SimpleNamespace, int], list[Any]]
+    # What must hold of the reports, whatever the world size.
+    agrees: Callable[[types.SimpleNamespace, list[Any]], bool] = lambda _ns, _r: True
+
+    @property
+    def id(self) -> str:
+        return f"{self.chapter[:2]}.{self.name}"
+
+
+def check_ranks(entry: Ranked, world_size: int) -> None:
+    """The job runs on ``world_size`` ranks and each rank reports, in rank order."""
+    namespace = definitions(entry.chapter)
+    reports = entry.run(namespace, world_size)
+    assert len(reports) == world_size, f"{len(reports)} reports from {world_size} ranks"
+    assert entry.agrees(namespace, reports), f"on {world_size} ranks: {reports}"
 
 
 # --------------------------------------------------------------------------

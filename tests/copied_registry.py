@@ -10,7 +10,15 @@ here.
 from __future__ import annotations
 
 import torch
-from copied_code import Copied, rebuild_from_config
+from copied_code import Copied, Ranked, rebuild_from_config
+
+
+def reset_buffers(module, _entry):
+    """The chapters' recipe: each submodule's own ``reset_buffers()``, in place."""
+    with torch.no_grad():
+        for submodule in module.modules():
+            if hasattr(submodule, "reset_buffers"):
+                submodule.reset_buffers()
 
 
 def init_buffers(module, _entry):
@@ -57,28 +65,34 @@ REGISTRY: list[Copied] = [
         "08_llm_caches",
         "TinyGPT",
         make=lambda ns: ns.TinyGPT(
-            vocab=50, dim=16, heads=2, layers=2, context_length=16
+            vocab=50, dim=16, heads=2, layers=2, context_length=16, max_batch_size=3
         ),
         example=token_ids(50),
-        reinit=rebuild_from_config,
+        reinit=reset_buffers,
     ),
     Copied(
         "08_llm_caches",
         "TinyGPT(use_cache=True)",
         make=lambda ns: ns.TinyGPT(
-            vocab=50, dim=16, heads=2, layers=2, context_length=16
+            vocab=50, dim=16, heads=2, layers=2, context_length=16, max_batch_size=3
         ),
         example=token_ids(50),
         call=lambda module, inputs: module(*inputs, 0, use_cache=True),
-        reinit=rebuild_from_config,
+        reinit=reset_buffers,
+        inference_only="for inference only",
     ),
-    Copied(
-        "10_mask_cost",
-        "Attention(mode='buffer')",
-        make=lambda ns: ns.Attention(dim=16, heads=2, context_length=16, mode="buffer"),
-        example=floats(16),
-        reinit=rebuild_from_config,
-    ),
+    *[
+        Copied(
+            "10_mask_cost",
+            f"Attention(mode={mode!r})",
+            make=lambda ns, mode=mode: ns.Attention(
+                dim=16, heads=2, context_length=16, mode=mode
+            ),
+            example=floats(16),
+            reinit=reset_buffers,
+        )
+        for mode in ("buffer", "rebuilt", "sdpa")
+    ],
     Copied(
         "11_evolving_buffers",
         "Embedding",
@@ -133,5 +147,30 @@ REGISTRY: list[Copied] = [
         "TiedTable",
         make=lambda ns: ns.TiedTable(),
         example=rows(2),
+    ),
+    Copied(
+        "15_fsdp2_buffers",
+        "Net",
+        make=lambda ns: ns.Net(),
+        example=rows(4),
+        reinit=reset_buffers,
+    ),
+]
+
+RANKED: list[Ranked] = [
+    Ranked(
+        "09_ddp_buffers",
+        "run_on_ranks(train)",
+        run=lambda ns, n: ns.run_on_ranks(ns.train, {ns.SYNC: True}, world_size=n),
+        # With the per-forward buffer copy on, every rank ends with rank 0's stats.
+        agrees=lambda ns, reports: ns.identical(reports, "after next forward"),
+    ),
+    Ranked(
+        "15_fsdp2_buffers",
+        "run_on_ranks(rank_report)",
+        run=lambda ns, n: ns.run_on_ranks(ns.rank_report, world_size=n),
+        agrees=lambda _ns, reports: (
+            [r["rank"] for r in reports] == list(range(len(reports)))
+        ),
     ),
 ]

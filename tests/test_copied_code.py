@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from copied_code import CHECKS, INDUCTOR_CHECKS, Copied
-from copied_registry import REGISTRY
+from copied_code import CHECKS, INDUCTOR_CHECKS, Copied, Ranked, check_ranks
+from copied_registry import RANKED, REGISTRY
 
 RUNS = [(entry, check) for entry in REGISTRY for check in CHECKS] + [
     (entry, check) for entry in REGISTRY if entry.inductor for check in INDUCTOR_CHECKS
@@ -21,6 +21,12 @@ RUNS = [(entry, check) for entry in REGISTRY for check in CHECKS] + [
 )
 def test_copied_code(entry: Copied, check: str) -> None:
     {**CHECKS, **INDUCTOR_CHECKS}[check](entry)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("entry", RANKED, ids=lambda entry: entry.id)
+def test_copied_multi_process_code(entry: Ranked, world_size: int) -> None:
+    check_ranks(entry, world_size)
 
 
 def registered(entry_id: str) -> Copied:
@@ -35,13 +41,16 @@ PUT_BACK = [
     # its second backward ("Trying to backward through the graph a second time").
     ("13.RunningMean", "no_grad", "trains"),
     ("13.RunningMean", "no_grad", "compiles"),
-    # Chapter 8: the cache stored keys and values with their autograd history.
-    ("08.TinyGPT(use_cache=True)", "detach", "trains"),
+    # Chapter 8: the cache stored keys and values with their autograd history
+    # (now it refuses grad mode; put back, the history is what training finds).
+    ("08.TinyGPT(use_cache=True)", "grad_guard", "trains"),
 ]
 
 
 @pytest.mark.parametrize(("entry_id", "fix", "check"), PUT_BACK)
 def test_harness_catches_a_put_back_bug(entry_id: str, fix: str, check: str) -> None:
-    entry = dataclasses.replace(registered(entry_id), put_back=frozenset({fix}))
+    entry = dataclasses.replace(
+        registered(entry_id), put_back=frozenset({fix}), inference_only=None
+    )
     with pytest.raises((AssertionError, RuntimeError)):
         CHECKS[check](entry)
