@@ -49,8 +49,9 @@ def make_model(norm):
     return nn.Sequential(nn.Linear(8, 16), norm, nn.ReLU(), nn.Linear(16, 1)).to(device)
 
 
-inputs = torch.randn(BATCH, 8, device=device) * 2 + 1
-targets = torch.randn(BATCH, 1, device=device)
+# drawn on the CPU, so that every device sees the same numbers
+inputs = (torch.randn(BATCH, 8) * 2 + 1).to(device)
+targets = torch.randn(BATCH, 1).to(device)
 
 
 def accumulate(model, micro):
@@ -137,7 +138,7 @@ for label in ("LayerNorm", "GroupNorm(4 groups)", "none"):
 
 EFFECTIVE_BATCHES = 10
 drifting = [
-    torch.randn(BATCH, 16, device=device) + step for step in range(EFFECTIVE_BATCHES)
+    (torch.randn(BATCH, 16) + step).to(device) for step in range(EFFECTIVE_BATCHES)
 ]
 
 
