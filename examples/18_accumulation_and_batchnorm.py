@@ -298,9 +298,9 @@ assert not torch.allclose(in_batch, alone), "claim: eval output depends on the b
 #   full batch's, and no buffer setting changes that. Larger micro-batches
 #   shrink the difference; row-wise normalisation (``LayerNorm``,
 #   ``GroupNorm``) removes it.
-# - It also updates its running statistics once per micro-batch: they forget
-#   k times faster than with full batches. A momentum of 1 - (1 - m)\
-#   :sup:`1/k` restores the forgetting rate; ``num_batches_tracked`` still
-#   counts micro-batches.
+# - It also updates its running statistics once per micro-batch: they
+#   forget old batches as if the momentum were 1 - (1 - m)\ :sup:`k`. A
+#   momentum of 1 - (1 - m)\ :sup:`1/k` restores the forgetting rate;
+#   ``num_batches_tracked`` still counts micro-batches.
 # - ``track_running_stats=False`` removes the buffers but keeps batch
 #   statistics, in ``eval()`` too: a row's output then depends on its batch.

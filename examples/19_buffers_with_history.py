@@ -308,5 +308,5 @@ assert quiet.peak.grad_fn is None, "claim: under no_grad nothing is recorded"
 #   ("Only Tensors created explicitly by the user (graph leaves) support the
 #   deepcopy protocol"). ``state_dict()`` detaches, so checkpoints hide it.
 # - ``retain_graph=True`` silences the error and keeps the growing graph.
-# - Update buffers under ``torch.no_grad()`` (or from ``.detach()``\ ed values).
+# - Update buffers under ``torch.no_grad()`` (or from ``.detach()`` results).
 # - Test for it: after a training step, no buffer may have a ``grad_fn``.
