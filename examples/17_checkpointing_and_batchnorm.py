@@ -276,10 +276,10 @@ assert outside_numbers["weights"] < 1e-4, "claim: fix 1 trains like plain"
 # ----------------------------------------------------------
 # The non-reentrant flavour takes ``context_fn``: a function that returns two
 # context managers, one for the forward pass and one for the recomputation.
-# That second context manager is the one place where torch tells the
-# recomputation apart. The one below notes the values of a module's buffers
-# when the recomputation starts and writes them back when it ends, so the
-# recomputation leaves no trace in them. Wrapped in a module, for reuse:
+# That second context manager lets code act on the recomputation alone. The
+# one below notes the values of a module's buffers when the recomputation
+# starts and writes them back when it ends, so the recomputation leaves no
+# trace in them. Wrapped in a module, for reuse:
 
 
 @contextlib.contextmanager
@@ -305,8 +305,8 @@ class Checkpointed(nn.Module):
         if not (self.training and torch.is_grad_enabled()):
             return self.body(x)  # no backward will recompute anything
         if torch.compiler.is_compiling():
-            # compiled, the recomputation repeats no update (see below), and
-            # torch.compile accepts only selective-checkpointing contexts here
+            # compiled, the plain call: its recomputation repeated no buffer
+            # update (measured below)
             return checkpoint(self.body, x, use_reentrant=False)
         return checkpoint(self.body, x, use_reentrant=False, context_fn=self.contexts)
 

@@ -259,15 +259,15 @@ assert by_size[BATCH] == 0.0, "claim: one micro-batch of 64 is the full batch"
 # %%
 # It shrinks, slowly, and reaches zero only at the full batch.
 #
-# Remedy 3: normalisation without batch statistics
-# ------------------------------------------------
+# Remedy 3: normalisation without running statistics
+# --------------------------------------------------
 # ``LayerNorm`` and ``GroupNorm`` normalise each row by its own features: they
 # have no running statistics to update too often, and, as measured above, they
 # accumulate the full batch's gradient. Switching changes the model, so it is a
 # design decision rather than a fix.
 #
 # ``BatchNorm1d(track_running_stats=False)`` is not that. It has no running
-# buffers, so nothing is counted twice, but it still normalises each
+# buffers, so nothing is updated per micro-batch, but it still normalises each
 # micro-batch by its own statistics, in training and also in ``eval()``:
 
 untracked = make_model(nn.BatchNorm1d(16, track_running_stats=False))
@@ -286,6 +286,8 @@ print(
 )
 # sphinx_gallery_start_ignore
 assert list(untracked.named_buffers()) == [], "claim: no buffers without running stats"
+for norm in (nn.LayerNorm(16), nn.GroupNorm(4, 16)):
+    assert list(norm.buffers()) == [], "claim: LayerNorm, GroupNorm have no buffers"
 assert untracked_gap > 0.01, "claim: track_running_stats=False still differs"
 assert not torch.allclose(in_batch, alone), "claim: eval output depends on the batch"
 # sphinx_gallery_end_ignore

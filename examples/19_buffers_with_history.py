@@ -128,8 +128,9 @@ assert byte_steps.pop() > 0, "claim: the saved tensors grow with every step"
 # sphinx_gallery_end_ignore
 
 # %%
-# The same number of nodes and bytes every step, forever: none of it is freed
-# while the buffer lives, because the buffer's ``grad_fn`` reaches all of it.
+# The same number of nodes and bytes more with every step, and they add up:
+# none of it is freed while the buffer lives, because the buffer's ``grad_fn``
+# reaches all of it.
 #
 # Symptom 2: the second ``backward`` fails
 # ----------------------------------------
@@ -186,7 +187,8 @@ assert str(deepcopy_error).startswith(
 # sphinx_gallery_end_ignore
 
 # %%
-# The message blames ``weight_norm``; here the non-leaf tensor is the buffer.
+# The message names ``weight_norm`` as one cause; here the non-leaf tensor is
+# the buffer.
 # ``state_dict()``, on the other hand, hands out detached tensors, so saving a
 # checkpoint works and hides the problem:
 
@@ -286,9 +288,9 @@ assert not [n for n, b in fixed.named_buffers() if b.grad_fn is not None], (
 # %%
 # This is why the guide's own tests train every class a chapter offers for
 # reuse (``tests/copied_code.py`` in the guide's repository): three optimizer
-# steps with backward, then this check, then ``copy.deepcopy``. A chapter's
-# page runs its classes for inference only, where the bug stays invisible:
-# under ``torch.no_grad()`` or with inputs and weights that need no gradient,
+# steps with backward, then this check, then ``copy.deepcopy``. A page that
+# runs a class only for inference never sees the bug: under
+# ``torch.no_grad()``, or with inputs and weights that need no gradient,
 # nothing is recorded.
 
 # sphinx_gallery_start_ignore
@@ -296,6 +298,10 @@ with torch.random.fork_rng(devices=[]), torch.no_grad():
     quiet = PeakScaled().to(device)
     quiet(batches[0])
 assert quiet.peak.grad_fn is None, "claim: under no_grad nothing is recorded"
+with torch.random.fork_rng(devices=[]):
+    frozen = PeakScaled().to(device).requires_grad_(False)
+frozen(batches[0])
+assert frozen.peak.grad_fn is None, "claim: without gradients nothing is recorded"
 # sphinx_gallery_end_ignore
 
 # %%
