@@ -149,6 +149,18 @@ REGISTRY: list[Copied] = [
         example=rows(2),
     ),
     Copied(
+        "17_checkpointing_and_batchnorm",
+        "Checkpointed",
+        make=lambda ns: ns.Checkpointed(ns.make_block()),
+        example=rows(16),
+    ),
+    Copied(
+        "19_buffers_with_history",
+        "PeakScaledFixed",
+        make=lambda ns: ns.PeakScaledFixed(dim=8),
+        example=rows(8),
+    ),
+    Copied(
         "15_fsdp2_buffers",
         "Net",
         make=lambda ns: ns.Net(),

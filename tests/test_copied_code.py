@@ -41,6 +41,8 @@ PUT_BACK = [
     # its second backward ("Trying to backward through the graph a second time").
     ("13.RunningMean", "no_grad", "trains"),
     ("13.RunningMean", "no_grad", "compiles"),
+    ("19.PeakScaledFixed", "no_grad", "trains"),
+    ("19.PeakScaledFixed", "no_grad", "compiles"),
     # Chapter 8: the cache stored keys and values with their autograd history
     # (now it refuses grad mode; put back, the history is what training finds).
     ("08.TinyGPT(use_cache=True)", "grad_guard", "trains"),
