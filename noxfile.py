@@ -69,9 +69,14 @@ def install(session: nox.Session, group: str, torch_spec: str = TORCH_SPEC) -> N
     index = ["--index-url", TORCH_INDEX_URL] if TORCH_INDEX_URL else []
     session.log(f"installing {torch_spec}, then the {group!r} dependency group")
     session.install(torch_spec, *index, silent=False)
+    # Held by a constraint: a package that requires torch (accelerate) must not
+    # make pip replace the pinned build with another one.
+    constraints = venv / "torch-constraint.txt"
+    constraints.write_text(torch_spec + "\n")
     session.install(
-        "-e", ".", *nox.project.dependency_groups(PYPROJECT, group), silent=False
-    )
+        "-c", str(constraints),
+        "-e", ".", *nox.project.dependency_groups(PYPROJECT, group), silent=False,
+    )  # fmt: skip
     # Kept only if the installs ran: run_install, like install, is skipped
     # under --no-install (nox -R).
     pending = stamp.with_suffix(".pending")

@@ -161,6 +161,13 @@ REGISTRY: list[Copied] = [
         example=rows(8),
     ),
     Copied(
+        "22_accelerate_big_models",
+        "TinyLM",
+        make=lambda ns: ns.TinyLM(vocab=50, dim=16, context_length=16),
+        example=token_ids(50),
+        reinit=reset_buffers,
+    ),
+    Copied(
         "15_fsdp2_buffers",
         "Net",
         make=lambda ns: ns.Net(),
