@@ -31,6 +31,12 @@ THUMBNAILS = {
     "14_averaged_models": ("update_bn()", "#86bcb6"),
     "15_fsdp2_buffers": ("fully_shard", "#d37295"),
     "16_functional_buffers": ("functional_call", "#a0cbe8"),
+    "17_checkpointing_and_batchnorm": ("checkpoint()", "#ff9d9a"),
+    "18_accumulation_and_batchnorm": ("micro-batches", "#79706e"),
+    "19_buffers_with_history": ("buffer.grad_fn", "#bab0ac"),
+    "20_ensembles_with_torch_func": ("stack_module_state", "#d4a6c8"),
+    "21_distributed_checkpoints": ("dcp.load", "#4e79a7"),
+    "22_accelerate_big_models": ("init_empty_weights", "#f28e2b"),
 }
 
 
