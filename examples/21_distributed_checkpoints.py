@@ -95,7 +95,7 @@ print(f"scale: {model[2].scale.tolist()}, window: {model[2].window.tolist()}")
 
 # %%
 # ``get_model_state_dict``: the same keys as ``state_dict()``
-# ----------------------------------------------------------
+# -----------------------------------------------------------
 # ``torch.distributed.checkpoint.state_dict.get_model_state_dict(model)`` is the
 # distributed-aware way to ask for a model's state (chapter 15 uses it to gather
 # an FSDP2 model's shards). For a plain model in one process it gives what
