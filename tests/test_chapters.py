@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -32,9 +34,23 @@ def test_mask_left_behind(run_chapter):
         "BOOK_CONTEXT_VECS.tolist()",
         "cpu_context_vecs[0].tolist()",
         "str(weights_on) == str(mask_on)",
+        "float32_eps",
+        "meta_forward_error is None",
+        "[str(halved.mask.dtype), str(half_out.dtype)]",
     )
     (first_row, halves_equal, failed, meta_param_devices, meta_mask, fixed,
-     book_rows, rows, same_device) = run.facts  # fmt: skip
+     book_rows, rows, same_device, eps, meta_forward_ok,
+     half_dtypes) = run.facts  # fmt: skip
+    # The tolerance sentence is torch's: float32's epsilon is 1.19e-07, not 1e-6,
+    # and the check uses assert_close's defaults (rtol 1.3e-6, about 11 epsilons).
+    assert eps == pytest.approx(1.1920928955078125e-07)
+    assert "torch.finfo(torch.float32).eps: 1.19e-07" in run.stdout
+    assert "about 1e-6" not in (EXAMPLES / "01_mask_left_behind.py").read_text()
+    # The meta dry run shows where tensors went but raises nothing.
+    assert meta_forward_ok
+    assert "forward on meta, mask on cpu: no error" in run.stdout
+    # .half() leaves the plain float mask float32, and the forward still runs.
+    assert half_dtypes == ["torch.float32", "torch.float16"]
     assert first_row == pytest.approx(BOOK_FIRST_ROW, abs=5e-5)
     assert book_rows[0] == pytest.approx(BOOK_FIRST_ROW)  # the chapter checks the book
     for row, book_row in zip(rows, book_rows, strict=True):
@@ -69,10 +85,23 @@ def test_register_buffer(run_chapter):
         "scaled.scale.grad.tolist()",
         "list(scaled.parameters())",
         "close_to_cpu",
+        "{label: [b.is_leaf, b is r, g if g is None or isinstance(g, str)"
+        " else g.tolist()] for label, (b, r, g, _) in results.items()}",
+        "double_registered.grad.tolist()",
     )
     (buffers, parameters, unbuffered_buffers, same_weights, equal, first_row,
      mask_follows, mask_grad, buffer_grad, scaled_parameters,
-     close_to_cpu) = run.facts  # fmt: skip
+     close_to_cpu, conversions, registered_grad) = run.facts  # fmt: skip
+    # A requires_grad buffer converted outside no_grad is a non-leaf whose .grad
+    # stays None; the tensor registered before the cast gets the gradient.
+    assert conversions == {
+        ".to('cpu') (already there)": [True, True, [3.0, 3.0]],
+        ".double()": [False, False, None],
+        ".to('meta')": [False, False, "no backward on meta"],
+        ".double() under no_grad": [True, False, None],
+    }
+    assert registered_grad == [3.0, 3.0]
+    assert "about 1e-6" not in (EXAMPLES / "02_register_buffer.py").read_text()
     assert buffers == ["mask"]
     assert parameters == ["W_query.weight", "W_key.weight", "W_value.weight"]
     assert unbuffered_buffers == []
@@ -383,3 +412,93 @@ def test_mask_cost(run_chapter):
         assert f"{label}: " in run.stdout
         assert verdict in run.stdout
     assert "lowest median here:" in run.stdout
+
+
+# -- Chapters 1-6: the download is the page ------------------------------------
+FIRST_SIX = [
+    "01_mask_left_behind",
+    "02_register_buffer",
+    "03_state_dict",
+    "04_find_the_stray",
+    "05_non_persistent_buffers",
+    "06_dtypes_and_memory",
+]
+HIDE, SHOW = "# sphinx_gallery_start_ignore", "# sphinx_gallery_end_ignore"
+
+
+def watched_hidden_blocks(source: str) -> str:
+    """The chapter with each hidden block asserting it drew no RNG and printed nothing."""
+    lines = []
+    for number, line in enumerate(source.splitlines(), 1):
+        indent = line[: len(line) - len(line.lstrip())]
+        if line.strip() == HIDE:
+            lines.append(
+                f"{indent}_hidden = (torch.get_rng_state(), __import__('io').StringIO());"
+                " _redirect = __import__('contextlib').redirect_stdout(_hidden[1]);"
+                " _redirect.__enter__()"
+            )
+        elif line.strip() == SHOW:
+            lines.append(
+                f"{indent}_redirect.__exit__(None, None, None);"
+                " assert torch.equal(_hidden[0], torch.get_rng_state()),"
+                f" 'the hidden block ending on line {number} drew from the global RNG';"
+                " assert not _hidden[1].getvalue(),"
+                f" 'the hidden block ending on line {number} printed '"
+                " + repr(_hidden[1].getvalue())"
+            )
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def without_hidden_blocks(source: str) -> str:
+    """The chapter as a reader downloads it: the hidden blocks removed."""
+    lines, hidden = [], False
+    for line in source.splitlines():
+        if line.strip() == HIDE:
+            hidden = True
+        elif line.strip() == SHOW:
+            hidden = False
+        elif not hidden:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("stem", FIRST_SIX)
+def test_download_prints_the_page(stem, tmp_path):
+    # Hidden checks draw nothing from the global RNG and print nothing, so the
+    # downloaded script (hidden blocks removed) prints what the page shows; no
+    # printed line is wider than 100 columns; nothing lands on stderr.
+    source = (EXAMPLES / f"{stem}.py").read_text()
+    scripts, outputs = tmp_path / "scripts", []
+    scripts.mkdir()
+    for name, text in (
+        ("watched", watched_hidden_blocks(source)),
+        ("download", without_hidden_blocks(source)),
+    ):
+        script = scripts / f"{name}_{stem}.py"
+        script.write_text(text)
+        run_in = tmp_path / name
+        run_in.mkdir()
+        env = {
+            **os.environ,
+            "GUIDE_DEVICE": "cpu",
+            "PYTHONHASHSEED": "0",
+            "MPLBACKEND": "Agg",
+        }
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=run_in,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == "", result.stderr
+        outputs.append(result.stdout)
+    watched, download = outputs
+    assert download == watched
+    wide = [line for line in watched.splitlines() if len(line) > 100]
+    assert not wide, f"lines wider than 100 columns: {wide}"
