@@ -132,8 +132,11 @@ show(pb.find_strays(attention))
 # A model with several strays
 # ---------------------------
 # A small GPT-style model of the kind people write while learning: a rotary
-# table computed once and kept as a plain attribute deep inside each block, a causal
-# mask as a plain attribute, and a key/value cache held in a Python list.
+# table computed once and kept as a plain attribute deep inside each block, a
+# causal mask as a plain attribute, and a key/value cache held in a Python list.
+# Its classes, like every class on this page, have an ``__init__`` only: they
+# hold tensors the way real models do, for the library to inspect, and are not
+# models to copy.
 
 
 class Rotary(nn.Module):
@@ -443,7 +446,8 @@ class SpyLinear(nn.Linear):
 spy = SpyLinear(2, 2, device="meta").to_empty(device="cpu")  # draws no random numbers
 torch.nn.init.zeros_(spy.weight)
 torch.nn.init.zeros_(spy.bias)
-pb.explain_state_dict(spy, spy.state_dict())
+with torch.random.fork_rng(devices=[]):  # the library's inventory draws (issue 16)
+    pb.explain_state_dict(spy, spy.state_dict())
 assert load_devices, "claim: the report loads the checkpoint into a copy"
 assert set(load_devices) == {"meta"}, (
     "claim: the report loads the checkpoint into copies on the meta device"

@@ -43,7 +43,8 @@ def print_error(error):
 # --------------------------------
 # ``register_buffer`` takes ``persistent=False``. ``nn.Buffer`` wraps a tensor so
 # that plain attribute assignment registers it, like ``nn.Parameter`` does for
-# parameters; it also takes ``persistent=False``.
+# parameters; it also takes ``persistent=False``. (The module below has no
+# ``forward``: it only holds the tensors this chapter saves and loads.)
 
 
 class Attention(nn.Module):
