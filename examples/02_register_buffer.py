@@ -291,7 +291,7 @@ def convert_a_grad_buffer(conversion, under_no_grad):
 
 other_device = "meta" if device.type == "cpu" else "cpu"
 conversions = {
-    f".to({str(device)!r}) (already there)": lambda m: m.to(device),
+    f".to({str(device)!r}) (already there)": lambda m: m.to(m.scale.device),
     ".double()": lambda m: m.double(),
     f".to({other_device!r})": lambda m: m.to(other_device),
     ".double() under no_grad": lambda m: m.double(),
@@ -319,17 +319,17 @@ print(f"  {first_sentence}")
 # it, it is a parameter after all: ``nn.Parameter`` stays a leaf through every
 # conversion (the module converts parameters under ``no_grad``).
 
-same_buffer, _, same_grad, _ = results[f".to({str(device)!r}) (already there)"]
 double_buffer, double_registered, double_grad, _ = results[".double()"]
+assert not double_buffer.is_leaf, "claim: after .double() the buffer is a non-leaf"
+assert double_grad is None, "claim: and its .grad stays None"
+# sphinx_gallery_start_ignore
+same_buffer, _, same_grad, _ = results[f".to({str(device)!r}) (already there)"]
 no_grad_buffer, _, _, _ = results[".double() under no_grad"]
 assert same_buffer.is_leaf, "claim: a conversion that changes nothing keeps the leaf"
 assert same_grad is not None, "claim: and that leaf gets its gradient"
-assert not double_buffer.is_leaf, "claim: after .double() the buffer is a non-leaf"
-assert double_grad is None, "claim: and its .grad stays None"
 assert double_registered.grad is not None, "claim: the registered tensor gets it"
 assert no_grad_buffer.is_leaf, "claim: under no_grad the copy is a leaf"
 assert not no_grad_buffer.requires_grad, "claim: that no longer requires grad"
-# sphinx_gallery_start_ignore
 moved_buffer = results[f".to({other_device!r})"][0]
 assert not moved_buffer.is_leaf, "claim: .to(another device) makes a non-leaf too"
 assert double_buffer.grad_fn is not None, "claim: the non-leaf has a grad_fn"

@@ -56,6 +56,11 @@ assert "torch>=2.13" in library_requires, "claim: the library needs torch>=2.13"
 assert TorchVersion(torch.__version__) >= "2.13", "claim: this torch meets the floor"
 # sphinx_gallery_end_ignore
 
+# %%
+# The library's reports are plain text, and some of their lines are wider than
+# this page. ``show`` prints them within its 100 columns; in your own code,
+# ``print`` does the same job.
+
 
 def show(text, width=100):
     """Print the library's text within ``width`` columns (the width of this page).

@@ -400,7 +400,8 @@ if device.type == "cuda" and torch.backends.cuda.is_flash_attention_available():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q16, k16, v16 = (t.half() for t in (q, k, v))
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns why each backend is refused
         try:
             F.scaled_dot_product_attention(q16, k16, v16, is_causal=True)
         except RuntimeError:
