@@ -234,6 +234,21 @@ assert ca_without_buffer.W_query.weight.device.type == device.type, (
 # The weights followed ``.to("meta")``; the mask did not. On a GPU the same thing
 # puts the weights on ``cuda:0`` and leaves the mask on ``cpu``.
 #
+# The dry run shows where the tensors went; it does not reproduce the error. A
+# forward pass on ``meta`` with the mask still on the CPU raises nothing:
+
+meta_forward_error = None
+try:
+    with torch.no_grad():
+        meta_out = meta_copy(batch.to("meta"))
+except RuntimeError as error:
+    meta_forward_error = error
+print("forward on meta, mask on cpu:", meta_forward_error or "no error")
+assert meta_forward_error is None, (
+    "claim: a forward pass on meta with a CPU mask raises nothing"
+)
+
+# %%
 # Which operation fails?
 # ----------------------
 # The notebook blames "a matrix multiplication between a tensor on a GPU and a
@@ -266,8 +281,11 @@ assert masked_fill_signature.startswith("masked_fill_(mask, value)"), (
 # Fixing it by hand
 # -----------------
 # Moving the mask yourself makes the module work again, and it computes what it
-# computed on the CPU, to float precision: an accelerator may round the last bit
-# differently, so the check allows float32's relative precision (about 1e-6).
+# computed on the CPU up to rounding: an accelerator may round the last bits
+# differently. So the check is ``torch.testing.assert_close`` with its default
+# tolerances for float32: a relative 1.3e-6, about 11 times float32's machine
+# epsilon (the spacing of float32 numbers just above 1, printed below), plus an
+# absolute 1e-5.
 
 ca_without_buffer.mask = ca_without_buffer.mask.to(device)
 print("mask.device:", ca_without_buffer.mask.device)
@@ -277,35 +295,61 @@ with torch.no_grad():
 print(context_vecs)
 largest_difference = (context_vecs.cpu() - cpu_context_vecs).abs().max().item()
 bitwise = torch.equal(context_vecs.cpu(), cpu_context_vecs)
+float32_eps = torch.finfo(torch.float32).eps
 print(f"largest difference from the CPU result: {largest_difference:.1e}")
+print(f"float32 machine epsilon, torch.finfo(torch.float32).eps: {float32_eps:.2e}")
 print("identical bit for bit:", bitwise)
-assert torch.allclose(context_vecs.cpu(), cpu_context_vecs, rtol=1.3e-6, atol=1e-6), (
-    "claim: the fixed module computes the CPU result to float precision"
-)
+torch.testing.assert_close(context_vecs.cpu(), cpu_context_vecs)  # default tolerances
 # sphinx_gallery_start_ignore
 if device.type == "cpu":
     assert bitwise, "claim: on the CPU the result is identical bit for bit"
-# Not repeated after the next move: .to() and .half() leave the mask behind again.
-moved_again = copy.deepcopy(ca_without_buffer).to("meta").half()
-assert not moved_again.mask.is_meta, "claim: the fix must be repeated after .to()"
-assert moved_again.mask.dtype == torch.float32, (
-    "claim: the fix must be repeated after .half()"
-)
+assert round(1.3e-6 / float32_eps) == 11, "claim: 1.3e-6 is about 11 float32 epsilons"
+# Ask torch for its float32 defaults: near 2**20 float32 numbers are 0.125 apart,
+# so 10 steps are within rtol=1.3e-6 and 11 are not; at 0 only atol=1e-5 counts.
+big = torch.tensor([2.0**20])
+torch.testing.assert_close(big + 10 * 0.125, big)
+torch.testing.assert_close(torch.tensor([1e-5]), torch.tensor([0.0]))
+for too_far, reference in ((big + 11 * 0.125, big), ([1.1e-5], [0.0])):
+    try:
+        torch.testing.assert_close(torch.as_tensor(too_far), torch.as_tensor(reference))
+    except AssertionError:
+        pass
+    else:
+        msg = "claim: float32 defaults are rtol=1.3e-6 and atol=1e-5"
+        raise AssertionError(msg)
 # What to remember: .to() moves buffers too, never a plain tensor attribute.
 holder = nn.Module()
 holder.register_buffer("buffer", torch.zeros(1))
-holder.child = nn.Linear(1, 1)
+holder.child = nn.Identity()
+holder.child.register_buffer("inner", torch.zeros(1))
 holder.plain = torch.zeros(1)
 holder.to("meta")
 assert holder.buffer.is_meta, "claim: .to() moves buffers"
-assert holder.child.weight.is_meta, "claim: .to() moves submodules"
+assert holder.child.inner.is_meta, "claim: .to() moves submodules"
 assert not holder.plain.is_meta, "claim: .to() never moves a plain tensor attribute"
 # sphinx_gallery_end_ignore
 
 # %%
-# That fix has to be repeated after every ``.to()``, ``.cuda()`` or
-# ``.half()``, and in every module with such an attribute. The next chapter
-# registers the mask as a *buffer* so that the module moves it itself.
+# That fix has to be repeated after every move to another device (``.to(device)``,
+# ``.cuda()``), in every module with such an attribute. A dtype cast leaves the
+# mask alone too, but here that does no harm: after ``.half()`` the mask is
+# still float32, and ``forward`` turns it into a bool with ``.bool()`` before it
+# uses it, so the half-precision module runs:
+
+halved = copy.deepcopy(ca_without_buffer).half()
+with torch.no_grad():
+    half_out = halved(batch_on_device.half())
+print(f"after .half(): mask {halved.mask.dtype}, output {half_out.dtype}")
+# sphinx_gallery_start_ignore
+assert halved.mask.dtype == torch.float32, "claim: .half() leaves the mask float32"
+assert half_out.dtype == torch.float16, "claim: the half-precision module runs"
+moved_again = copy.deepcopy(ca_without_buffer).to("meta")
+assert not moved_again.mask.is_meta, "claim: the fix must be repeated after .to()"
+# sphinx_gallery_end_ignore
+
+# %%
+# The next chapter registers the mask as a *buffer* so that the module moves it
+# itself.
 #
 # What to remember
 # ----------------
@@ -314,4 +358,5 @@ assert not holder.plain.is_meta, "claim: .to() never moves a plain tensor attrib
 # - The error appears at the first operation that mixes devices: here
 #   ``masked_fill_``, not the matrix multiplication.
 # - On a CPU-only machine the bug hides: everything is on the CPU. Moving a copy
-#   to ``meta`` shows which tensors would be left behind.
+#   to ``meta`` shows which tensors would be left behind, though a forward pass
+#   there does not raise the error.

@@ -14,7 +14,10 @@ buffer changes where the mask lives, not what the module computes.
 # Where this page ran
 # -------------------
 
+import contextlib
+import copy
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -182,9 +185,11 @@ assert ca_with_buffer.mask.device == ca_with_buffer.W_query.weight.device, (
 # ---------------------------------------
 # Give the unbuffered module the first chapter's manual fix, run it on the same
 # device, and compare: the outputs are bit-for-bit identical. Compared with the
-# unbuffered module on the CPU (the book's numbers), they agree to float
-# precision; a GPU may round differently from the CPU, so that comparison uses
-# ``allclose`` with float32's relative precision (about 1e-6).
+# unbuffered module on the CPU (the book's numbers), they agree up to rounding;
+# a GPU may round the last bits differently from the CPU, so that comparison
+# uses ``torch.testing.assert_close``, whose float32 defaults allow a relative
+# 1.3e-6 (about 11 times float32's machine epsilon,
+# ``torch.finfo(torch.float32).eps``, printed below) plus an absolute 1e-5.
 
 with torch.no_grad():
     cpu_out = ca_without_buffer(batch)
@@ -195,15 +200,25 @@ with torch.no_grad():
     unbuffered_out = ca_without_buffer(batch_on_device)
 
 same_on_device = torch.equal(buffered_out, unbuffered_out)
-close_to_cpu = torch.allclose(buffered_out.cpu(), cpu_out, rtol=1.3e-6, atol=1e-6)
 print(f"torch.equal(buffered, unbuffered) on {device}:", same_on_device)
-print("torch.allclose(buffered, CPU result, rtol=1.3e-6, atol=1e-6):", close_to_cpu)
+print(f"float32 machine epsilon: {torch.finfo(torch.float32).eps:.2e}")
 print("first row:", buffered_out[0, 0].cpu())
 assert same_on_device, "claim: buffered and unbuffered outputs are bit-for-bit equal"
-assert close_to_cpu, (
-    "claim: the buffered output matches the CPU result to float precision"
-)
+torch.testing.assert_close(buffered_out.cpu(), cpu_out)  # raises if not close
+close_to_cpu = True
 # sphinx_gallery_start_ignore
+assert round(1.3e-6 / torch.finfo(torch.float32).eps) == 11, (
+    "claim: 1.3e-6 is about 11 times float32's machine epsilon"
+)
+big = torch.tensor([2.0**20])  # float32 numbers here are 0.125 apart
+torch.testing.assert_close(big + 10 * 0.125, big)
+try:
+    torch.testing.assert_close(big + 11 * 0.125, big)
+except AssertionError:
+    pass
+else:
+    msg = "claim: assert_close's float32 default rtol is 1.3e-6"
+    raise AssertionError(msg)
 assert torch.allclose(
     buffered_out[0, 0].cpu(), torch.tensor([-0.4519, 0.2216]), rtol=0, atol=5e-5
 ), "claim: the first row is the book's"
@@ -233,15 +248,104 @@ assert list(scaled.parameters()) == [], "claim: the optimizer never sees a buffe
 assert scaled.scale is scale, "claim: register_buffer keeps the tensor as it is given"
 assert not ca_with_buffer.mask.requires_grad, "claim: the mask does not require grad"
 assert "mask" in ca_with_buffer.state_dict(), "claim: state_dict() saves the buffer"
-halved = CausalAttentionWithBuffer(d_in, d_out, context_length, 0.0).half()
+halved = copy.deepcopy(ca_with_buffer).half()
 assert halved.mask.dtype == torch.float16, (
     "claim: .half() casts a floating-point buffer"
 )
-moved = CausalAttentionWithBuffer(d_in, d_out, context_length, 0.0).to("meta")
+moved = copy.deepcopy(ca_with_buffer).to("meta")
 assert moved.mask.is_meta, "claim: .to() moves the buffer"
 if torch.cuda.is_available():
-    on_cuda = CausalAttentionWithBuffer(d_in, d_out, context_length, 0.0).cuda()
+    on_cuda = copy.deepcopy(ca_with_buffer).cpu().cuda()
     assert on_cuda.mask.is_cuda, "claim: .cuda() moves the buffer"
+# sphinx_gallery_end_ignore
+
+# %%
+# That gradient stops reaching the buffer once the module converts it.
+# ``.double()``, ``.half()`` and ``.to(...)`` replace each buffer with
+# ``buffer.to(...)``, and unless you call them under ``torch.no_grad()``,
+# autograd records that copy: the new buffer is a *non-leaf* tensor with a
+# ``grad_fn``. ``backward()`` then fills the ``.grad`` of the tensor you
+# registered, which the module no longer holds, and the buffer's ``.grad``
+# stays ``None`` (torch warns when you read it). Under ``torch.no_grad()`` the
+# copy is a leaf that no longer requires a gradient at all. A conversion that
+# changes nothing, such as ``.to(device)`` to the device the buffer is already
+# on, keeps the very same tensor. Here is each case, asked of torch:
+
+
+def convert_a_grad_buffer(conversion, under_no_grad):
+    module = nn.Module()
+    registered = torch.ones(2, device=device, requires_grad=True)
+    module.register_buffer("scale", registered)
+    with torch.no_grad() if under_no_grad else contextlib.nullcontext():
+        conversion(module)
+    buffer, grad, messages = module.scale, "no backward on meta", []
+    if not buffer.is_meta:
+        if buffer.requires_grad:
+            (buffer * 3).sum().backward()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grad = buffer.grad
+        messages = [str(w.message) for w in caught]
+    return buffer, registered, grad, messages
+
+
+other_device = "meta" if device.type == "cpu" else "cpu"
+conversions = {
+    f".to({str(device)!r}) (already there)": lambda m: m.to(m.scale.device),
+    ".double()": lambda m: m.double(),
+    f".to({other_device!r})": lambda m: m.to(other_device),
+    ".double() under no_grad": lambda m: m.double(),
+}
+print(f"{'conversion':28} {'same tensor':12} {'is_leaf':8} {'grad_fn':16} .grad")
+results = {}
+for label, conversion in conversions.items():
+    results[label] = convert_a_grad_buffer(conversion, "no_grad" in label)
+    buffer, registered, grad, _ = results[label]
+    grad_fn = type(buffer.grad_fn).__name__ if buffer.grad_fn else "None"
+    shown = grad.tolist() if isinstance(grad, torch.Tensor) else grad
+    print(
+        f"{label:28} {buffer is registered!s:12} {buffer.is_leaf!s:8} {grad_fn:16} {shown}"
+    )
+
+_, registered, _, messages = results[".double()"]
+print("grad of the tensor registered before .double():", registered.grad.tolist())
+first_sentence = messages[0].split(". ")[0] + "."
+print("torch warned when the buffer's grad was read:")
+print(f"  {first_sentence}")
+
+# %%
+# So a buffer that must get a gradient is converted under ``torch.no_grad()``
+# and then given ``requires_grad_()`` again; or, if training should update
+# it, it is a parameter after all: ``nn.Parameter`` stays a leaf through every
+# conversion (the module converts parameters under ``no_grad``).
+
+double_buffer, double_registered, double_grad, _ = results[".double()"]
+assert not double_buffer.is_leaf, "claim: after .double() the buffer is a non-leaf"
+assert double_grad is None, "claim: and its .grad stays None"
+# sphinx_gallery_start_ignore
+same_buffer, _, same_grad, _ = results[f".to({str(device)!r}) (already there)"]
+no_grad_buffer, _, _, _ = results[".double() under no_grad"]
+assert same_buffer.is_leaf, "claim: a conversion that changes nothing keeps the leaf"
+assert same_grad is not None, "claim: and that leaf gets its gradient"
+assert double_registered.grad is not None, "claim: the registered tensor gets it"
+assert no_grad_buffer.is_leaf, "claim: under no_grad the copy is a leaf"
+assert not no_grad_buffer.requires_grad, "claim: that no longer requires grad"
+moved_buffer = results[f".to({other_device!r})"][0]
+assert not moved_buffer.is_leaf, "claim: .to(another device) makes a non-leaf too"
+assert double_buffer.grad_fn is not None, "claim: the non-leaf has a grad_fn"
+assert "not a leaf Tensor" in messages[0], "claim: torch warns on reading its .grad"
+as_parameter = nn.Module()
+as_parameter.weight = nn.Parameter(torch.ones(2, device=device))
+as_parameter.double()
+assert as_parameter.weight.is_leaf, "claim: a parameter stays a leaf when converted"
+assert as_parameter.weight.requires_grad, "claim: and keeps requiring grad"
+refit = nn.Module()
+refit.register_buffer("scale", torch.ones(2, device=device, requires_grad=True))
+with torch.no_grad():
+    refit.double()
+refit.scale.requires_grad_()
+(refit.scale * 3).sum().backward()
+assert refit.scale.grad is not None, "claim: no_grad, then requires_grad_(), works"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -253,5 +357,9 @@ if torch.cuda.is_available():
 # - ``named_parameters()`` lists what the optimizer trains; ``named_buffers()``
 #   lists the rest of the state. A buffer gets no gradient by default (its
 #   tensor does not require one), and the optimizer never updates it.
+# - A buffer registered with ``requires_grad=True`` gets a gradient only while
+#   it is the tensor you registered: ``.double()`` or ``.to(another device)``
+#   outside ``torch.no_grad()`` make it a non-leaf whose ``.grad`` stays
+#   ``None``.
 # - The buffer changes where the mask lives, not what the module computes: both
 #   versions give identical outputs on the same device.

@@ -110,15 +110,15 @@ assert without_keys == ["W_query.weight", "W_key.weight", "W_value.weight"], (
 
 
 class Order(nn.Module):
-    def __init__(self):
+    def __init__(self, device=None):
         super().__init__()
-        self.child = nn.Linear(1, 1)
+        self.child = nn.Linear(1, 1, device=device)  # on meta: draws no random numbers
         self.register_buffer("own_buffer", torch.zeros(1))
         self.register_buffer("own_scratch", torch.zeros(1), persistent=False)
         self.own_parameter = nn.Parameter(torch.zeros(1))
 
 
-assert list(Order().state_dict()) == [
+assert list(Order(device="meta").state_dict()) == [
     "own_parameter",
     "own_buffer",
     "child.weight",
@@ -146,8 +146,8 @@ print(ca_with_buffer.mask)
 #
 # ``torch.load(..., weights_only=True)`` matters: a ``.pt`` file is a pickle,
 # and unpickling an arbitrary object can run arbitrary code. With
-# ``weights_only=True`` (the default since torch 2.6; spelled out here so the
-# code is safe on older versions too) torch only rebuilds tensors and plain
+# ``weights_only=True`` (the default since torch 2.6, spelled out here for
+# older versions) torch's restricted unpickler only rebuilds tensors and plain
 # containers, which is all a state dict holds.
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -213,6 +213,34 @@ del builtins._guide_payload_ran
 # sphinx_gallery_end_ignore
 
 # %%
+# ``weights_only=True`` is a safeguard, not a guarantee. Before torch 2.6.0 a
+# crafted file could run code despite it (CVE-2025-32434), and before 2.10.0 a
+# crafted file could corrupt memory in its unpickler (CVE-2026-24747). Treat a
+# checkpoint from someone you do not trust as code. For files from others,
+# prefer the `safetensors <https://huggingface.co/docs/safetensors>`__ format,
+# which stores raw tensors and no pickle (``pip install safetensors``; this
+# chapter needs torch alone). The torch that ran this page, against both:
+
+from torch.torch_version import TorchVersion
+
+running = TorchVersion(torch.__version__)
+WEIGHTS_ONLY_FIXES = {
+    "CVE-2025-32434": ("2.6.0", "code execution despite weights_only=True"),
+    "CVE-2026-24747": ("2.10.0", "memory corruption in its unpickler"),
+}
+weights_only_status = {}
+for cve, (fixed_in, flaw) in WEIGHTS_ONLY_FIXES.items():
+    weights_only_status[cve] = "fixed" if running >= fixed_in else "AFFECTED"
+    print(
+        f"{cve} ({flaw}; fixed in {fixed_in}): {weights_only_status[cve]} in {running}"
+    )
+# sphinx_gallery_start_ignore
+assert TorchVersion("2.10.0") > "2.9.1", "claim: versions compare as numbers"
+assert TorchVersion("2.5.1+cu124") < "2.6.0", "claim: 2.5.1 is before the first fix"
+assert TorchVersion("2.9.1") < "2.10.0", "claim: 2.9.1 is before the second fix"
+# sphinx_gallery_end_ignore
+
+# %%
 # The buffered module comes back with the modified mask:
 
 print(loaded_with.mask)
@@ -243,4 +271,7 @@ assert tuple(without_result) == ([], []), "claim: and it is lost silently"
 # - A buffer that carries learned or updated state must be registered, or every
 #   checkpoint silently drops it.
 # - Load checkpoints with ``torch.load(path, weights_only=True)``: a checkpoint is
-#   a pickle, and only that setting stops it from running code on load.
+#   a pickle, and that setting refuses objects that run code on load. It had
+#   flaws before torch 2.6.0 and 2.10.0 (CVE-2025-32434, CVE-2026-24747): treat
+#   an untrusted checkpoint as code, and prefer safetensors for files from
+#   others.

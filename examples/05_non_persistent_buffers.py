@@ -16,6 +16,7 @@ disagree about persistence, and the buffer-related methods of ``nn.Module``.
 
 import io
 import os
+import textwrap
 
 import torch
 from torch import nn
@@ -30,12 +31,20 @@ device = torch.device(
 print(f"torch {torch.__version__}, device: {device}")
 torch.manual_seed(123)
 
+
+def print_error(error):
+    """Print an exception's type and message, wrapped to this page's 100 columns."""
+    for line in f"{type(error).__name__}: {error}".expandtabs(4).splitlines():
+        print(textwrap.fill(line, 100, subsequent_indent="        "))
+
+
 # %%
 # Two ways to say "not persistent"
 # --------------------------------
 # ``register_buffer`` takes ``persistent=False``. ``nn.Buffer`` wraps a tensor so
 # that plain attribute assignment registers it, like ``nn.Parameter`` does for
-# parameters; it also takes ``persistent=False``.
+# parameters; it also takes ``persistent=False``. (The module below has no
+# ``forward``: it only holds the tensors this chapter saves and loads.)
 
 
 class Attention(nn.Module):
@@ -112,7 +121,7 @@ try:
     long.load_state_dict(short.state_dict())
 except RuntimeError as error:
     shape_error = str(error)
-    print(f"{type(error).__name__}: {error}")
+    print_error(error)
 else:
     shape_error = ""
 assert "size mismatch for mask" in shape_error, "claim: the mask refuses to load"
@@ -147,7 +156,7 @@ try:
     new_module.load_state_dict(old_checkpoint)
 except RuntimeError as error:
     unexpected_error = str(error)
-    print(f"{type(error).__name__}: {error}")
+    print_error(error)
 else:
     unexpected_error = ""
 # sphinx_gallery_start_ignore
@@ -172,7 +181,7 @@ try:
     Attention(8, 16, persistent_mask=True).load_state_dict(new_module.state_dict())
 except RuntimeError as error:
     missing_error = str(error)
-    print(f"{type(error).__name__}: {error}")
+    print_error(error)
 else:
     missing_error = ""
 # sphinx_gallery_start_ignore
@@ -224,7 +233,7 @@ try:
     long.load_state_dict(short.state_dict(), strict=False)
 except RuntimeError as error:
     strict_false_error = str(error)
-    print(f"{type(error).__name__}: {error}")
+    print_error(error)
 else:
     strict_false_error = ""
 assert "size mismatch for mask" in strict_false_error, (
@@ -232,23 +241,58 @@ assert "size mismatch for mask" in strict_false_error, (
 )
 
 # %%
-# The usual fix: drop exactly the keys the module no longer saves, then load
+# The usual fix: drop the keys the module no longer saves, by name, then load
 # strictly, so that any other mismatch still fails loudly.
 
-expected_keys = new_module.state_dict().keys()
-filtered = {key: value for key, value in old_checkpoint.items() if key in expected_keys}
+NO_LONGER_SAVED = {"mask"}  # made non-persistent in this version of the code
+
+
+def drop_no_longer_saved(checkpoint):
+    return {k: v for k, v in checkpoint.items() if k not in NO_LONGER_SAVED}
+
+
+filtered = drop_no_longer_saved(old_checkpoint)
 print("dropped:", sorted(old_checkpoint.keys() - filtered.keys()))
 print(new_module.load_state_dict(filtered))
-# sphinx_gallery_start_ignore
-filtered_broken = {k: v for k, v in broken_checkpoint.items() if k in expected_keys}
+
+# %%
+# Dropping by name matters. Keeping only the keys the module expects would
+# also throw away a key that does not belong to this model at all, and the
+# load would report "All keys matched". Here the old checkpoint carries a
+# stray ``proj.weight`` (from another model, say); the strict load still names
+# it:
+
+foreign_checkpoint = {**old_checkpoint, "proj.weight": torch.zeros(8, 8)}
 try:
-    Attention(8, 16, persistent_mask=False).load_state_dict(filtered_broken)
+    Attention(8, 16, persistent_mask=False).load_state_dict(
+        drop_no_longer_saved(foreign_checkpoint)
+    )
+except RuntimeError as error:
+    foreign_error = str(error)
+    print_error(error)
+else:
+    foreign_error = ""
+assert 'Unexpected key(s) in state_dict: "proj.weight"' in foreign_error, (
+    "claim: after dropping by name, a foreign key still fails the strict load"
+)
+# sphinx_gallery_start_ignore
+expected_keys = new_module.state_dict().keys()
+kept_expected = {k: v for k, v in foreign_checkpoint.items() if k in expected_keys}
+with torch.device("meta"):
+    hides_it = Attention(8, 16, persistent_mask=False)
+assert not any(hides_it.load_state_dict(kept_expected, assign=True)), (
+    "claim: keeping only expected keys drops the foreign key: all keys match"
+)
+with torch.device("meta"):
+    still_strict = Attention(8, 16, persistent_mask=False)
+try:
+    still_strict.load_state_dict(drop_no_longer_saved(broken_checkpoint), assign=True)
 except RuntimeError as error:
     other_mismatch = str(error)
 else:
     other_mismatch = ""
 assert 'Missing key(s) in state_dict: "qkv.weight"' in other_mismatch, (
-    "claim: after filtering, a strict load still fails on any other mismatch"
+    "claim: after dropping by name, a strict load still fails on a missing key"
 )
 # sphinx_gallery_end_ignore
 

@@ -7,18 +7,31 @@ floating-point buffers, and leave bool and integer buffers alone. This chapter
 shows that on a live module, measures what a rotary cos/sin table loses when
 it is cast to bfloat16, and computes what a T x T causal mask costs as context
 length grows, compared with not storing a mask at all.
+
+.. note::
+
+   Besides torch, this chapter needs matplotlib for its plot
+   (``pip install matplotlib``).
 """
 
 # %%
 # Where this page ran
 # -------------------
 
+import copy
 import os
+import warnings
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
+
+try:
+    import matplotlib.pyplot as plt
+except ModuleNotFoundError:
+    msg = "This chapter needs matplotlib for its plot: pip install matplotlib"
+    raise SystemExit(msg) from None
 
 device = torch.device(
     os.environ.get("GUIDE_DEVICE")
@@ -32,7 +45,9 @@ torch.manual_seed(123)
 # What a dtype cast does to each buffer
 # -------------------------------------
 # One module with four buffers of different dtypes: a float mask (as in the
-# book), a bool mask, integer position ids, and a float32 rotary table.
+# book), a bool mask, integer position ids, and a float32 rotary table. (It has
+# no ``forward``, nor has this chapter's other module: they only hold the
+# tensors whose dtypes are compared.)
 
 
 def rotary_table(context_length, head_dim, dtype=torch.float32):
@@ -75,7 +90,8 @@ for cast, after in (("float16", after_half), ("bfloat16", after_bf16)):
         after[name] == (cast if name in floating else before[name]) for name in before
     ), f"claim: a cast to {cast} reaches floating-point tensors only"
 # sphinx_gallery_start_ignore
-assert torch.equal(block.float_mask.float(), Block().float_mask.to(device)), (
+book_float_mask = torch.triu(torch.ones(8, 8, device=device), diagonal=1)
+assert torch.equal(block.float_mask.float(), book_float_mask), (
     "claim: 0 and 1 survive the cast exactly"
 )
 # sphinx_gallery_end_ignore
@@ -204,6 +220,62 @@ for dtype in (torch.float16, torch.bfloat16):
 # sphinx_gallery_end_ignore
 
 # %%
+# Complex buffers: a cast that ``.half()`` skips
+# ----------------------------------------------
+# Llama-style code keeps its rotary table as one complex tensor, ``freqs_cis``
+# (cos + i sin). ``.half()`` casts floating-point tensors only, so it leaves a
+# complex buffer complex64. ``.to(torch.bfloat16)`` (or ``.to(torch.float16)``)
+# casts complex tensors too, to a *real* dtype: it keeps the real part, the
+# cosines, and discards the sines, with nothing but a ``UserWarning``, which
+# torch issues once per process.
+
+
+class ComplexRotary(nn.Module):
+    def __init__(self, head_dim=8, context_length=4):
+        super().__init__()
+        inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)
+        angles = torch.outer(torch.arange(context_length), inv_freq)
+        freqs_cis = torch.polar(torch.ones_like(angles), angles)
+        self.register_buffer("freqs_cis", freqs_cis, persistent=False)
+
+
+rotary = ComplexRotary().to(device)
+print("built as:          ", rotary.freqs_cis.dtype)
+print("after .half():     ", copy.deepcopy(rotary).half().freqs_cis.dtype)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    to_bf16 = copy.deepcopy(rotary).to(torch.bfloat16)
+print("after .to(bf16):   ", to_bf16.freqs_cis.dtype)
+for warning in caught:
+    print(
+        f"  {warning.category.__name__}: {str(warning.message).split(' (Triggered')[0]}"
+    )
+if not caught:
+    print("  no warning this time: torch warns once per process, and it already had")
+kept_real = torch.equal(to_bf16.freqs_cis, rotary.freqs_cis.real.to(torch.bfloat16))
+print("what is left is the real part (the cosines):", kept_real)
+assert copy.deepcopy(rotary).half().freqs_cis.dtype == torch.complex64, (
+    "claim: .half() leaves a complex buffer complex64"
+)
+assert to_bf16.freqs_cis.dtype == torch.bfloat16, "claim: .to(bf16) makes it real"
+assert kept_real, "claim: the cast keeps the real part and discards the imaginary one"
+# sphinx_gallery_start_ignore
+complex_warnings = [
+    w for w in caught if "discards the imaginary part" in str(w.message)
+]
+assert len(complex_warnings) == len(caught) <= 1, "claim: only a warning, at most one"
+assert all(w.category is UserWarning for w in caught), "claim: it is a UserWarning"
+with warnings.catch_warnings(record=True) as caught_again:
+    warnings.simplefilter("always")
+    to_f16 = copy.deepcopy(rotary).to(torch.float16)
+assert to_f16.freqs_cis.dtype == torch.float16, "claim: .to(float16) makes it real too"
+assert not caught_again, "claim: torch issues the warning once per process"
+# sphinx_gallery_end_ignore
+
+# %%
+# Keep such a table complex (``.half()`` does) or rebuild it after the cast,
+# as above.
+#
 # What the mask costs in memory
 # -----------------------------
 # A T x T mask takes T² elements per layer that holds one: 4 bytes each in
@@ -244,8 +316,9 @@ for length in lengths:
     # sphinx_gallery_end_ignore
 
 # %%
-# ``is_causal=True`` gives the same result as an explicit mask; checked here on
-# this build's device. Mind the mask's meaning: for
+# When the queries and the keys have the same length, ``is_causal=True`` gives
+# the same result as an explicit mask; checked here on this build's device.
+# Mind the mask's meaning: for
 # ``scaled_dot_product_attention`` a boolean ``attn_mask`` is True where a query
 # *may attend*, the opposite of the book's mask, whose 1s mark what
 # ``masked_fill_`` hides. So the mask below is the lower triangle (``tril``),
@@ -271,13 +344,78 @@ assert torch.allclose(explicit, implicit, rtol=1e-4, atol=1e-4), (
 assert not torch.allclose(with_book_mask, implicit, rtol=1e-4, atol=1e-4), (
     "claim: the book's mask, passed unchanged, computes something else"
 )
+# %%
+# With fewer queries than keys, as when a cache holds the earlier keys,
+# ``is_causal=True`` aligns its triangle with the *top-left* corner: query 0
+# sees key 0 only. The 16 queries below are the last 16 of the 64 positions, so
+# each should see every key up to its own position, the *lower-right*
+# alignment: the last 16 rows of the full mask, or
+# ``torch.nn.attention.bias.causal_lower_right``.
+
+late_queries = q[:, :, -16:]
+last_rows = mask[-16:]  # lower-right: query i sees keys 0 .. 48 + i
+right = F.scaled_dot_product_attention(late_queries, k, v, attn_mask=last_rows)
+causal_flag = F.scaled_dot_product_attention(late_queries, k, v, is_causal=True)
+lower_right = F.scaled_dot_product_attention(
+    late_queries, k, v, attn_mask=causal_lower_right(16, 64)
+)
+short_gap = (right - causal_flag).abs().max().item()
+print(
+    f"16 queries, 64 keys: is_causal=True vs the last 16 rows: difference {short_gap:.2f}"
+)
+print(
+    "causal_lower_right(16, 64) matches the last 16 rows:",
+    torch.allclose(lower_right, right, rtol=1e-4, atol=1e-4),
+)
+assert not torch.allclose(causal_flag, right, rtol=1e-4, atol=1e-4), (
+    "claim: with fewer queries than keys, is_causal=True is not the causal mask"
+)
+assert torch.allclose(lower_right, right, rtol=1e-4, atol=1e-4), (
+    "claim: causal_lower_right is the lower-right causal mask"
+)
 # sphinx_gallery_start_ignore
+top_left = F.scaled_dot_product_attention(late_queries, k, v, attn_mask=mask[:16])
+assert torch.allclose(causal_flag, top_left, rtol=1e-4, atol=1e-4), (
+    "claim: is_causal=True aligns top-left"
+)
 first_key_only = torch.zeros(64, 64, dtype=torch.bool, device=device)
 first_key_only[:, 0] = True
 attends_first = F.scaled_dot_product_attention(q, k, v, attn_mask=first_key_only)
 assert torch.allclose(attends_first, v[:, :, :1].expand_as(attends_first)), (
     "claim: True in SDPA's boolean attn_mask means 'may attend'"
 )
+# sphinx_gallery_end_ignore
+
+# %%
+# One more difference, on CUDA only: there, passing an explicit ``attn_mask``
+# rules out the FlashAttention backend (``SDPBackend.FLASH_ATTENTION``), while
+# ``is_causal=True`` does not. That is torch's rule for choosing a backend, see
+# :func:`torch.nn.functional.scaled_dot_product_attention` and
+# `torch.nn.attention.SDPBackend
+# <https://docs.pytorch.org/docs/stable/generated/torch.nn.attention.SDPBackend.html>`__;
+# its speed is not measured on this page.
+
+# sphinx_gallery_start_ignore
+if device.type == "cuda" and torch.backends.cuda.is_flash_attention_available():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q16, k16, v16 = (t.half() for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns why each backend is refused
+        try:
+            F.scaled_dot_product_attention(q16, k16, v16, is_causal=True)
+        except RuntimeError:
+            flash_causal = False
+        else:
+            flash_causal = True
+        try:
+            F.scaled_dot_product_attention(q16, k16, v16, attn_mask=mask)
+        except RuntimeError:
+            flash_masked = False
+        else:
+            flash_masked = True
+    if flash_causal:  # this GPU runs FlashAttention at all
+        assert not flash_masked, "claim: an explicit attn_mask rules out FlashAttention"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -326,7 +464,11 @@ print(f"a float32 mask fits in 24 GiB up to T = {fits_until:,} tokens")
 #   dtype costs anyway; *computing* one in bfloat16 ruins it. Build tables in
 #   float32 from the configuration, and rebuild them after a cast if they must
 #   stay float32.
+# - ``.half()`` leaves a complex buffer (``freqs_cis``) complex64;
+#   ``.to(torch.bfloat16)`` keeps only its real part, with a single warning.
 # - A boolean ``attn_mask`` for ``scaled_dot_product_attention`` is True where
 #   attention is allowed: the negation of the book's ``masked_fill_`` mask.
+# - ``is_causal=True`` equals the causal mask only when queries and keys have
+#   the same length; with fewer queries, use ``causal_lower_right``.
 # - A T x T mask grows with T²; a bool mask is four times smaller than float32,
 #   and ``scaled_dot_product_attention(is_causal=True)`` needs none.
