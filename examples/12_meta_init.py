@@ -551,6 +551,9 @@ class TiedLM(nn.Module):
     def tie_weights(self):
         self.head.weight = self.embed.weight
 
+    def forward(self, ids):  # ids: (batch, tokens) -> logits (batch, tokens, vocab)
+        return self.head(self.embed(ids))
+
 
 tied_checkpoint = TiedLM().to(device).state_dict()
 with torch.device("meta"):

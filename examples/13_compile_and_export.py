@@ -90,7 +90,8 @@ class RunningMean(nn.Module):
     def forward(self, x):
         with torch.no_grad():  # statistics: no gradient flows into them
             self.steps += 1
-            self.mean.lerp_(x.mean(dim=0), 1.0 / self.steps)
+            # .to(): under autocast x may be bfloat16; lerp_ wants mean's dtype
+            self.mean.lerp_(x.mean(dim=0).to(self.mean.dtype), 1.0 / self.steps)
         return x - self.mean
 
 
@@ -509,7 +510,9 @@ for module_class in (WarmupScale, WarmupScaleInGraph):
 # position. The position is a Python ``int`` argument, which changes every
 # call. Dynamo first compiles for the exact value; when it changes, it
 # compiles once more with the position as a symbolic size (automatic dynamic
-# shapes), and that graph serves every later position.
+# shapes), and that graph serves every later position. The cache is for
+# inference (generation): a write from a key that needs a gradient would put
+# autograd's graph into the buffer, so ``forward`` refuses one.
 
 
 class KeyCache(nn.Module):
@@ -518,6 +521,9 @@ class KeyCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(1, length, dim), persistent=False)
 
     def forward(self, k, position):
+        if torch.is_grad_enabled() and k.requires_grad:
+            msg = "KeyCache is for inference: call it under torch.no_grad()"
+            raise RuntimeError(msg)
         self.k_cache[:, position : position + k.shape[1]] = k
         return self.k_cache[:, : position + k.shape[1]].sum(dim=1)
 
@@ -539,6 +545,12 @@ assert cache_counts == {"graphs": 2, "graph breaks": 0, "gave up": 0}, (
     f"claim: two graphs for any number of cache positions: {cache_counts}"
 )
 assert torch.equal(cache.k_cache[:, :3], prompt), "claim: the write reached the buffer"
+try:
+    KeyCache().to(device)(torch.ones(1, 1, 4, device=device, requires_grad=True), 0)
+    cache_refused = False
+except RuntimeError:
+    cache_refused = True
+assert cache_refused, "claim: the cache refuses a key that needs a gradient"
 # sphinx_gallery_end_ignore
 
 # %%

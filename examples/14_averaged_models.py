@@ -374,9 +374,12 @@ assert scale_fixed_loss > 10 * max(hand_loss, torch_loss), (
 # the copy was made. A plain attribute fails in one more way: ``.to(device)``
 # leaves it where it was.
 #
-# The recipe: every tensor the model computes with is a buffer (persistent or
-# not), and the averaging walks ``parameters()`` and ``buffers()``, as
-# ``AveragedModel`` does.
+# The recipe: every tensor the model computes with is a buffer, and the
+# averaging walks ``parameters()`` and ``buffers()``, as ``AveragedModel``
+# does. The class below also makes ``input_range`` persistent: ``eval()``
+# computes with its trained value, which a non-persistent buffer loses at
+# every save and load (and after ``to_empty()``). Older checkpoints without
+# the key then need a migration, as in the chapter on evolving buffers.
 
 
 class RangeScaledFixed(RangeScaled):
@@ -384,6 +387,7 @@ class RangeScaledFixed(RangeScaled):
         super().__init__()
         del self.output_scale
         self.register_buffer("output_scale", torch.ones(()))
+        self.register_buffer("input_range", self.input_range, persistent=True)
 
 
 torch.manual_seed(123)
@@ -408,6 +412,10 @@ print(
 assert torch.equal(fixed_ema.module.output_scale, fixed.output_scale), (
     "claim: a registered buffer is carried into the EMA"
 )
+assert {"input_range", "output_scale"} <= set(fixed.state_dict()), (
+    "claim: the fixed class saves both scales"
+)
+assert "input_range" not in scaled.state_dict(), "claim: RangeScaled does not"
 assert fixed_loss < min(hand_loss, torch_loss) / 10, (
     "claim: the EMA with every tensor a buffer is far better than either stale one"
 )
