@@ -482,6 +482,24 @@ with warnings.catch_warnings():
 assert list(dcp_failures) == [0], "claim: DCP loads in one process, rank 0"
 assert "Missing key" in str(dcp_failures[0]), "claim: DCP reports the missing key"
 assert not target.embed.running_mean.any(), "claim: the migration did not run"
+hooked_target = built_without_rng(EmbeddingV2)
+hooked_target.embed.register_load_state_dict_pre_hook(migrate_v1)
+same_v1 = built_without_rng(EmbeddingV1)
+same_v1_state = same_v1.state_dict()
+pointer_before = same_v1.embed.running_avg.data_ptr()
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    try:
+        dcp.load(hooked_target.state_dict(), checkpoint_id=dcp_dir)
+        hook_ran = True
+    except CheckpointException:
+        hook_ran = False
+    dcp.load(same_v1_state, checkpoint_id=dcp_dir)
+assert not hook_ran, "claim: dcp.load runs no load_state_dict pre-hook either"
+assert torch.equal(same_v1.embed.running_avg, v1_checkpoint["embed.running_avg"]), (
+    "claim: dcp.load fills the module's tensors"
+)
+assert same_v1.embed.running_avg.data_ptr() == pointer_before, "claim: in place"
 # sphinx_gallery_end_ignore
 
 # %%
