@@ -18,11 +18,17 @@ loads into the new module with ``strict=True``.
 
 import inspect
 import os
+import re
 import tempfile
+import textwrap
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 try:
     import pytorch_buffers as pb
@@ -40,6 +46,29 @@ device = torch.device(
 )
 print(f"torch {torch.__version__}, device: {device}")
 torch.manual_seed(123)
+
+
+def show(text, width=100):
+    """Print torch's and the library's messages with no line wider than ``width``.
+
+    A long line wraps; a row of a text table (below a rule of dashes) wraps
+    inside its last column.
+    """
+    column = None
+    for line in str(text).splitlines():
+        if re.fullmatch(r"-+(  -+)+", line):  # a table's rule
+            column = line.rindex("  ") + 2
+            print(line[:width])
+        elif column is not None and line[column - 2 : column] == "  ":  # a row
+            last = textwrap.wrap(line[column:], width - column) or [""]
+            print(line[:column] + last[0])
+            for more in last[1:]:
+                print(" " * column + more)
+        else:
+            column = None
+            indent = " " * (len(line) - len(line.lstrip()) + 4)
+            print(textwrap.fill(line, width, subsequent_indent=indent) or line)
+
 
 # %%
 # Version 1, and a checkpoint saved from it
@@ -83,7 +112,7 @@ checkpoint_dir = tempfile.TemporaryDirectory()
 v1_path = Path(checkpoint_dir.name) / "model_v1.pt"
 torch.save(model_v1.state_dict(), v1_path)
 v1_checkpoint = torch.load(v1_path, map_location=device, weights_only=True)
-print("keys in the v1 checkpoint:", list(v1_checkpoint))
+show(f"keys in the v1 checkpoint: {list(v1_checkpoint)}")
 print(
     "running_avg:", [round(v, 4) for v in v1_checkpoint["embed.running_avg"].tolist()]
 )
@@ -102,11 +131,15 @@ class EmbeddingV2(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab, dim)
         self.positions = nn.Embedding(context_length, dim)
-        self.register_buffer(
-            "position_ids", torch.arange(context_length), persistent=False
-        )
+        self.context_length = context_length
+        self.init_buffers()
         self.register_buffer("running_mean", torch.zeros(dim))  # was running_avg
         self.register_buffer("num_updates", torch.tensor(0))  # new
+
+    def init_buffers(self, device=None):
+        """(Re)build the non-persistent buffer, e.g. after ``to_empty()``."""
+        position_ids = torch.arange(self.context_length, device=device)
+        self.register_buffer("position_ids", position_ids, persistent=False)
 
     def forward(self, ids):
         out = self.tokens(ids) + self.positions(self.position_ids[: ids.shape[-1]])
@@ -123,7 +156,7 @@ try:
     strict_load_failed = False
 except RuntimeError as error:
     strict_load_failed = True
-    print(f"{type(error).__name__}: {error}")
+    show(f"{type(error).__name__}: {error}")
 
 # sphinx_gallery_start_ignore
 assert strict_load_failed, "claim: the v1 checkpoint does not load into v2 strictly"
@@ -137,7 +170,7 @@ assert strict_load_failed, "claim: the v1 checkpoint does not load into v2 stric
 
 model_v2 = Model(EmbeddingV2()).to(device)
 skipped = model_v2.load_state_dict(v1_checkpoint, strict=False)
-print(skipped)
+show(skipped)
 print("running_mean after the load:", model_v2.embed.running_mean.tolist())
 
 # sphinx_gallery_start_ignore
@@ -163,7 +196,7 @@ assert model_v2.embed.num_updates.item() == 0, (
 # touched) and explains each key it complained about:
 
 report = pb.explain_state_dict(Model(EmbeddingV2()), v1_checkpoint)
-print(report)
+show(report)
 
 # sphinx_gallery_start_ignore
 assert not report.loads_strict, "claim: the library sees the strict load fail"
@@ -191,7 +224,7 @@ assert verdicts == {
 
 print("nn.Module._version:", nn.Module._version)
 print("nn.BatchNorm1d._version:", nn.BatchNorm1d._version)
-print("metadata of the v1 checkpoint:", dict(v1_checkpoint._metadata))
+show(f"metadata of the v1 checkpoint: {dict(v1_checkpoint._metadata)}")
 
 # sphinx_gallery_start_ignore
 v1_state_type = type(model_v1.state_dict())
@@ -215,7 +248,15 @@ assert v1_checkpoint._metadata["embed"] == {"version": 1}, (
 
 print(inspect.getsource(nn.modules.batchnorm._NormBase._load_from_state_dict))
 
+
 # sphinx_gallery_start_ignore
+def built_without_rng(embedding_class):
+    """The model built on meta, then given memory: no random initialisation."""
+    with torch.device("meta"):
+        built = Model(embedding_class())
+    return built.to_empty(device=device)
+
+
 load_calls = []
 
 
@@ -225,7 +266,7 @@ class SpyEmbedding(EmbeddingV1):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
 
-spied = Model(SpyEmbedding()).to(device)
+spied = built_without_rng(SpyEmbedding)
 spied.load_state_dict(v1_checkpoint)
 spied.load_state_dict(dict(v1_checkpoint))
 assert load_calls == [("embed.", {"version": 1}), ("embed.", {})], (
@@ -249,7 +290,7 @@ try:
     norm_v2_loaded = True
 except RuntimeError as error:
     norm_v2_loaded = False
-    print(f"version 2 without the counter: {type(error).__name__}: {error}")
+    show(f"version 2 without the counter: {type(error).__name__}: {error}")
 
 # sphinx_gallery_start_ignore
 assert not norm_v2_loaded, "claim: BatchNorm migrates only checkpoints older than v2"
@@ -307,7 +348,7 @@ assert all(
 # the module computes itself):
 
 fixed_report = pb.explain_state_dict(Model(Embedding()), v1_checkpoint)
-print(fixed_report)
+show(fixed_report)
 
 # sphinx_gallery_start_ignore
 assert fixed_report.loads_strict, "claim: the library reports a strict load now"
@@ -318,7 +359,7 @@ assert list(fixed_report) == [], "claim: no key is left to explain"
 # The migration edits a dictionary, but not yours: ``load_state_dict`` works on
 # a shallow copy of the one you pass, so the checkpoint keeps its old keys:
 
-print("keys still in v1_checkpoint:", list(v1_checkpoint))
+show(f"keys still in v1_checkpoint: {list(v1_checkpoint)}")
 
 # sphinx_gallery_start_ignore
 assert "embed.running_avg" in v1_checkpoint, "claim: the caller's dict is untouched"
@@ -332,7 +373,7 @@ assert "embed.running_avg" in v1_checkpoint, "claim: the caller's dict is untouc
 model.train()
 model(torch.randint(0, 32, (2, 8), device=device))
 v2_checkpoint = model.state_dict()
-print("metadata of a new checkpoint:", dict(v2_checkpoint._metadata))
+show(f"metadata of a new checkpoint: {dict(v2_checkpoint._metadata)}")
 plain = dict(v2_checkpoint)  # no _metadata: every version reads as None
 reloaded = Model(Embedding()).to(device)
 print(reloaded.load_state_dict(plain, strict=True))
@@ -348,13 +389,13 @@ without_counter = model.state_dict()
 del without_counter["embed.num_updates"]
 v2_strict_failed = False
 try:
-    Model(Embedding()).to(device).load_state_dict(without_counter)
+    built_without_rng(Embedding).load_state_dict(without_counter)
 except RuntimeError:
     v2_strict_failed = True
 assert v2_strict_failed, "claim: a version 2 checkpoint skips the migration"
 plain_v2_failed = False
 try:
-    Model(Embedding()).to(device).load_state_dict(dict(without_counter))
+    built_without_rng(Embedding).load_state_dict(dict(without_counter))
 except RuntimeError:
     plain_v2_failed = True
 assert not plain_v2_failed, "claim: without metadata, the migration runs"
@@ -397,16 +438,95 @@ assert torch.equal(
 # overwrite a key that is present.
 
 # sphinx_gallery_start_ignore
-assert (
-    Model(EmbeddingV2()).state_dict()._metadata["embed"]
-    == v1_checkpoint._metadata["embed"]
-    == {"version": 1}
-), "claim: EmbeddingV2's checkpoints record version 1 like v1's"
+with torch.device("meta"):
+    v2_metadata = Model(EmbeddingV2()).state_dict()._metadata
+assert v2_metadata["embed"] == v1_checkpoint._metadata["embed"] == {"version": 1}, (
+    "claim: EmbeddingV2's checkpoints record version 1 like v1's"
+)
 # sphinx_gallery_end_ignore
 #
 # The same translation can of course be done once, outside the module: load
 # the old file, rename the keys, save a new file. That is fine for checkpoints
 # you own; a migration inside the module also covers every copy you do not.
+#
+# A loader that skips the migration: ``torch.distributed.checkpoint``
+# --------------------------------------------------------------------
+# Both migrations run inside ``load_state_dict``, and only there.
+# Distributed checkpoints (``torch.distributed.checkpoint``, DCP, the format
+# of sharded training such as FSDP2) load another way: ``dcp.load(state_dict,
+# checkpoint_id=...)`` takes the state dict of the model you load into,
+# reads each of *its* keys from the checkpoint into its tensors in place, and
+# calls neither ``load_state_dict`` nor a module's ``_load_from_state_dict``
+# or hooks. So the v1 checkpoint, saved with DCP, does not load into the
+# migrating module. DCP runs without a process group too: it then works in a
+# single process (and warns that it assumes so; the page silences that
+# warning), which is how this page runs it. It raises a
+# ``CheckpointException``, a ``BaseException`` (``except Exception`` misses
+# it) that holds each rank's own exception:
+
+dcp_dir = Path(checkpoint_dir.name) / "model_v1_dcp"
+target = Model(Embedding()).to(device)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    dcp.save(model_v1.state_dict(), checkpoint_id=dcp_dir)
+    try:
+        dcp.load(target.state_dict(), checkpoint_id=dcp_dir)
+        dcp_failures = {}
+    except CheckpointException as error:
+        dcp_failures = {rank: exc for rank, (exc, _) in error.failures.items()}
+        print(f"{type(error).__name__}, by rank:")
+        for rank, exc in dcp_failures.items():
+            show(f"  rank {rank}: {type(exc).__name__}: {exc}")
+
+# sphinx_gallery_start_ignore
+assert list(dcp_failures) == [0], "claim: DCP loads in one process, rank 0"
+assert "Missing key" in str(dcp_failures[0]), "claim: DCP reports the missing key"
+assert not target.embed.running_mean.any(), "claim: the migration did not run"
+hooked_target = built_without_rng(EmbeddingV2)
+hooked_target.embed.register_load_state_dict_pre_hook(migrate_v1)
+same_v1 = built_without_rng(EmbeddingV1)
+same_v1_state = same_v1.state_dict()
+pointer_before = same_v1.embed.running_avg.data_ptr()
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    try:
+        dcp.load(hooked_target.state_dict(), checkpoint_id=dcp_dir)
+        hook_ran = True
+    except CheckpointException:
+        hook_ran = False
+    dcp.load(same_v1_state, checkpoint_id=dcp_dir)
+assert not hook_ran, "claim: dcp.load runs no load_state_dict pre-hook either"
+assert torch.equal(same_v1.embed.running_avg, v1_checkpoint["embed.running_avg"]), (
+    "claim: dcp.load fills the module's tensors"
+)
+assert same_v1.embed.running_avg.data_ptr() == pointer_before, "claim: in place"
+# sphinx_gallery_end_ignore
+
+# %%
+# The module's migration works again once the old keys are in an ordinary
+# state dict that goes through ``load_state_dict``. For a checkpoint that
+# fits in one process, ``dcp_to_torch_save``
+# (``torch.distributed.checkpoint.format_utils``) converts it to a
+# ``torch.save`` file. The conversion keeps no ``_metadata``, so every
+# version reads as ``None``, and the migration, which looks at the keys,
+# still does the right thing:
+
+converted_path = Path(checkpoint_dir.name) / "model_v1_from_dcp.pt"
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    dcp_to_torch_save(dcp_dir, converted_path)
+converted = torch.load(converted_path, map_location=device, weights_only=True)
+print("_metadata after the conversion:", getattr(converted, "_metadata", None))
+print(target.load_state_dict(converted, strict=True))
+dcp_migrated = torch.equal(
+    target.embed.running_mean, v1_checkpoint["embed.running_avg"]
+)
+print("running_mean restored from the DCP checkpoint:", dcp_migrated)
+
+# sphinx_gallery_start_ignore
+assert getattr(converted, "_metadata", None) is None, "claim: no _metadata kept"
+assert dcp_migrated, "claim: the converted DCP checkpoint migrates"
+# sphinx_gallery_end_ignore
 
 checkpoint_dir.cleanup()
 
@@ -424,3 +544,7 @@ checkpoint_dir.cleanup()
 #   same translation on an instance.
 # - Decide from the keys present, not from the version alone: a state dict
 #   copied into a plain ``dict`` has no ``_metadata``.
+# - Both migrations run only inside ``load_state_dict``:
+#   ``torch.distributed.checkpoint.load`` reads the new module's keys from the
+#   checkpoint and raises on the ones it lacks. Convert such a checkpoint
+#   (``dcp_to_torch_save``) and load it with ``load_state_dict``.

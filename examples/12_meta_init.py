@@ -19,6 +19,7 @@ loud instead of silent.
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import torch
@@ -41,6 +42,13 @@ device = torch.device(
 print(f"torch {torch.__version__}, device: {device}")
 torch.manual_seed(123)
 
+
+def show(text, width=100):
+    """Print a long message (torch's, the library's) wrapped to ``width`` columns."""
+    for line in str(text).splitlines():
+        print(textwrap.fill(line, width, subsequent_indent="    ") or line)
+
+
 # %%
 # A model with three kinds of state
 # ---------------------------------
@@ -60,13 +68,15 @@ class Rotary(nn.Module):
         self.init_buffers()
 
     def init_buffers(self, device=None):
-        exponents = torch.arange(0, self.head_dim, 2, device=device) / self.head_dim
-        self.register_buffer("inv_freq", 1.0 / self.base**exponents, persistent=False)
+        steps = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float32)
+        inv_freq = 1.0 / self.base ** (steps / self.head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, x):
-        positions = torch.arange(x.shape[-2], device=x.device, dtype=x.dtype)
-        angles = torch.outer(positions, self.inv_freq)
-        cos, sin = angles.cos(), angles.sin()
+        # Positions and angles in float32 whatever x's dtype (see "bfloat16" below).
+        positions = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq.float())
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         even, odd = x[..., 0::2], x[..., 1::2]
         rotated = (even * cos - odd * sin, even * sin + odd * cos)
         return torch.stack(rotated, dim=-1).flatten(-2)
@@ -114,7 +124,7 @@ checkpoint_dir = tempfile.TemporaryDirectory()
 checkpoint_path = Path(checkpoint_dir.name) / "attention.pt"
 torch.save(reference.state_dict(), checkpoint_path)
 checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-print("in the checkpoint:", list(checkpoint))
+show(f"in the checkpoint: {list(checkpoint)}")
 
 non_persistent = ["rotary.inv_freq", "bias.index"]
 # sphinx_gallery_start_ignore
@@ -185,9 +195,10 @@ def describe(name, tensor, correct):
         f"{(~values.isfinite()).sum().item()} not finite"
     )
     verdict = "the correct values" if torch.equal(tensor, correct) else "WRONG"
-    print(f"{name} (uninitialised memory): {facts}: {verdict}")
+    print(f"  {name}  {facts}: {verdict}")
 
 
+print("after to_empty() and the load (uninitialised memory):")
 describe("rotary.inv_freq", model.rotary.inv_freq, reference.rotary.inv_freq)
 describe("bias.index     ", model.bias.index, reference.bias.index)
 print(
@@ -197,7 +208,8 @@ print(
 # sphinx_gallery_start_ignore
 # Whatever the garbage was, the load did not write these buffers: fill them
 # with a marker after to_empty, load again, and the marker is still there.
-probe = Attention().to(device)
+with torch.device("meta"):  # no random initialisation: the page's RNG stays put
+    probe = Attention()
 probe.to_empty(device=device)
 probe.rotary.inv_freq.fill_(float("nan"))
 probe.bias.index.fill_(-1)
@@ -226,7 +238,7 @@ with torch.no_grad():
         except (RuntimeError, IndexError) as error:
             outcome = f"{type(error).__name__}: {error}"
 if got is None:
-    print("forward with uninitialised memory:", outcome)
+    show(f"forward with uninitialised memory: {outcome}")
 elif torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
     print("forward (uninitialised memory) matched the reference, by chance")
 else:
@@ -294,6 +306,113 @@ assert torch.allclose(fixed_out, expected, rtol=1e-5, atol=1e-6), (
 # last bits of ``inv_freq`` can differ from the reference's (computed on the
 # CPU and moved), hence the comparison to float precision.
 #
+# The same recipe in ``bfloat16``
+# -------------------------------
+# Large models are built and loaded in ``bfloat16``, which keeps 8 bits of
+# precision: above 256 it cannot count by one. Positions counted in the
+# model's dtype collapse:
+
+positions_bf16 = torch.arange(1024, dtype=torch.bfloat16)
+print(
+    "distinct values in arange(1024, dtype=bfloat16):", positions_bf16.unique().numel()
+)
+print("its entries 768 to 775:", positions_bf16[768:776].tolist())
+
+# sphinx_gallery_start_ignore
+assert positions_bf16.unique().numel() < 1024, "claim: bf16 positions collapse"
+# sphinx_gallery_end_ignore
+
+# %%
+# So ``Rotary`` computes positions and angles in float32 whatever the input's
+# dtype, and casts only ``cos`` and ``sin`` to it. (Counting in the input's
+# dtype fails in a second way after ``init_buffers``, which makes a float32
+# ``inv_freq``: the angles, and with them the rotated queries and keys, come
+# out in float32, and the attention's matrix product with the ``bfloat16``
+# values raises a dtype mismatch.) On a ``bfloat16`` input of 1024 tokens it stays within
+# ``bfloat16``'s rounding of the float32 result, at the last positions too:
+
+rotary = Rotary(16).to(device)
+long_x = torch.randn(1024, 16, device=device)  # (tokens, head_dim)
+exact = rotary(long_x)
+late_error = (rotary(long_x.to(torch.bfloat16)).float() - exact)[768:].abs().max()
+print(f"bfloat16 input, tokens 768-1023, largest error: {late_error.item():.3g}")
+
+# sphinx_gallery_start_ignore
+assert late_error < 0.05, (
+    f"claim: float32 positions keep bf16 rotary close: {late_error}"
+)
+assert torch.outer(positions_bf16[:4], torch.ones(2)).dtype == torch.float32, (
+    "claim: bf16 positions with a float32 inv_freq give float32 angles"
+)
+try:
+    torch.ones(2, 2) @ torch.ones(2, 2, dtype=torch.bfloat16)
+    matmul_mixes = True
+except RuntimeError:
+    matmul_mixes = False
+assert not matmul_mixes, "claim: a float32 @ bfloat16 product raises"
+# The old way (positions in x's dtype) is far off there: computed in float32
+# from the collapsed positions, to keep the check on the positions alone.
+collapsed = positions_bf16.float().to(device)
+angles = torch.outer(collapsed, rotary.inv_freq)
+even, odd = long_x[..., 0::2], long_x[..., 1::2]
+old_way = torch.stack(
+    (
+        even * angles.cos() - odd * angles.sin(),
+        even * angles.sin() + odd * angles.cos(),
+    ),
+    dim=-1,
+).flatten(-2)
+assert (old_way - exact)[768:].abs().max() > 1, "claim: collapsed positions err by >1"
+# sphinx_gallery_end_ignore
+
+# %%
+# A module cast (``.to(torch.bfloat16)``) rounds every floating-point buffer,
+# ``inv_freq`` too, and the angles at late positions then drift; running
+# ``init_buffers`` after the cast computes it in float32 again:
+
+cast = Rotary(16).to(device).to(torch.bfloat16)
+print("inv_freq after .to(torch.bfloat16):", cast.inv_freq.dtype)
+cast_error = (cast(long_x.to(torch.bfloat16)).float() - exact)[768:].abs().max()
+cast.init_buffers(device)
+recomputed_error = (cast(long_x.to(torch.bfloat16)).float() - exact)[768:].abs().max()
+print("tokens 768-1023, largest error:")
+print(f"  with the cast inv_freq {cast_error.item():.3g}")
+print(f"  after init_buffers ({cast.inv_freq.dtype}) {recomputed_error.item():.3g}")
+
+# sphinx_gallery_start_ignore
+assert cast_error > 10 * recomputed_error, (
+    "claim: a cast inv_freq drifts at late tokens"
+)
+assert cast.inv_freq.dtype == torch.float32, "claim: init_buffers restores float32"
+# sphinx_gallery_end_ignore
+
+# %%
+# And the whole recipe in ``bfloat16``: built on ``meta``, given memory,
+# buffers re-initialised, loaded from a ``bfloat16`` checkpoint:
+
+checkpoint_bf16 = {
+    key: value.to(torch.bfloat16) if value.is_floating_point() else value
+    for key, value in checkpoint.items()
+}
+with torch.device("meta"):
+    model_bf16 = Attention().to(torch.bfloat16)
+model_bf16.to_empty(device=device)
+init_buffers(model_bf16, device)
+print(model_bf16.load_state_dict(checkpoint_bf16))
+model_bf16.eval()
+with torch.no_grad():
+    out_bf16 = model_bf16(x.to(torch.bfloat16))
+bf16_difference = (out_bf16.float() - expected).abs().max().item()
+print(
+    f"bfloat16 model against the float32 reference: largest difference {bf16_difference:.3g}"
+)
+
+# sphinx_gallery_start_ignore
+assert out_bf16.dtype == torch.bfloat16, "claim: the bf16 recipe runs in bf16"
+assert bf16_difference < 0.1, f"claim: the bf16 model is close: {bf16_difference}"
+# sphinx_gallery_end_ignore
+
+# %%
 # Fix 2: ``load_state_dict(assign=True)``, and when it helps
 # ----------------------------------------------------------
 # With ``assign=True``, ``load_state_dict`` does not copy into the module's
@@ -361,6 +480,104 @@ assert torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6), (
 # sphinx_gallery_end_ignore
 
 # %%
+# What else ``assign=True`` does
+# ------------------------------
+# Putting the checkpoint's tensors in place has three more consequences.
+#
+# **The dtype is the checkpoint's.** A copy converts into the module's
+# tensors; ``assign=True`` takes the checkpoint's tensors as they are:
+
+with torch.device("meta"):
+    float32_model = Attention()  # float32, as built
+float32_model.load_state_dict(checkpoint_bf16, assign=True)
+print(
+    "float32 model, bfloat16 checkpoint, assign=True:", float32_model.qkv.weight.dtype
+)
+copying = Attention().to(device)
+copying.load_state_dict(checkpoint_bf16)
+print("the same with a copying load:                   ", copying.qkv.weight.dtype)
+
+# sphinx_gallery_start_ignore
+assert float32_model.qkv.weight.dtype == torch.bfloat16, "claim: assign adopts dtype"
+assert copying.qkv.weight.dtype == torch.float32, "claim: a copy keeps the module's"
+# sphinx_gallery_end_ignore
+
+# %%
+# **It is remembered in the dictionary.** ``load_state_dict`` records
+# ``assign_to_params_buffers`` in the ``_metadata`` of the state dict it was
+# given (the per-module record that ``state_dict()`` and ``torch.load`` keep).
+# ``checkpoint`` went through ``assign=True`` above, so a later load of it
+# without ``assign`` assigns too, and that model shares its memory with the
+# checkpoint and with ``assigned``:
+
+print("checkpoint._metadata['qkv']:", checkpoint._metadata["qkv"])
+later = Attention().to(device)
+later.load_state_dict(checkpoint)  # no assign=True here
+shares_again = later.qkv.weight.data_ptr() == checkpoint["qkv.weight"].data_ptr()
+print("a later plain load shares the checkpoint's memory:", shares_again)
+for module_record in checkpoint._metadata.values():
+    module_record.pop("assign_to_params_buffers", None)
+after_cleanup = Attention().to(device)
+after_cleanup.load_state_dict(checkpoint)
+copies_now = after_cleanup.qkv.weight.data_ptr() != checkpoint["qkv.weight"].data_ptr()
+print("after removing the flag from _metadata, a plain load copies:", copies_now)
+
+# sphinx_gallery_start_ignore
+assert shares_again, "claim: the flag in _metadata makes a later load assign"
+assert later.qkv.weight.data_ptr() == assigned.qkv.weight.data_ptr(), (
+    "claim: the two models share memory"
+)
+assert copies_now, "claim: without the flag the load copies again"
+# sphinx_gallery_end_ignore
+
+# %%
+# Load each model from its own ``torch.load`` (or remove the flag, as above)
+# when models must not share weights.
+#
+# **Tied weights come apart, with ``to_empty()`` too.** A language model
+# whose output layer shares the embedding's weight holds one parameter under
+# two names. Both ``to_empty()`` and ``assign=True`` set each name's tensor
+# on its own, and the two names then hold two tensors: equal after a load,
+# but trained apart. Tie them again afterwards:
+
+
+class TiedLM(nn.Module):
+    def __init__(self, vocab=10, dim=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):  # ids: (batch, tokens) -> logits (batch, tokens, vocab)
+        return self.head(self.embed(ids))
+
+
+tied_checkpoint = TiedLM().to(device).state_dict()
+with torch.device("meta"):
+    emptied = TiedLM()
+    tied_assigned = TiedLM()
+emptied.to_empty(device=device)
+emptied.load_state_dict(tied_checkpoint)
+tied_assigned.load_state_dict(tied_checkpoint, assign=True)
+ties = {}
+for label, lm in [("to_empty + load", emptied), ("assign=True", tied_assigned)]:
+    ties[label] = lm.head.weight is lm.embed.weight
+    print(
+        f"{label:16} still tied: {ties[label]}, parameters: {len(list(lm.parameters()))}"
+    )
+    lm.tie_weights()
+    print(f"{'':16} after tie_weights(): {lm.head.weight is lm.embed.weight}")
+
+# sphinx_gallery_start_ignore
+assert not any(ties.values()), f"claim: both recipes untie the weights: {ties}"
+assert emptied.head.weight is emptied.embed.weight, "claim: tie_weights re-ties"
+assert len(list(emptied.parameters())) == 1, "claim: one parameter again"
+# sphinx_gallery_end_ignore
+
+# %%
 # What the library says
 # ---------------------
 # :func:`pytorch_buffers.explain_state_dict` asks torch to load the checkpoint
@@ -371,7 +588,7 @@ assert torch.allclose(assigned_out, expected, rtol=1e-5, atol=1e-6), (
 with torch.device("meta"):
     meta_model = Attention()
 report = pb.explain_state_dict(meta_model, checkpoint)
-print(report)
+show(report)
 
 # sphinx_gallery_start_ignore
 assert report.loads_strict, "claim: torch loads the checkpoint strictly"
@@ -394,4 +611,8 @@ checkpoint_dir.cleanup()
 # - ``load_state_dict(assign=True)`` on a meta-built model skips ``to_empty()``
 #   and its second allocation, and leaves the non-persistent buffers on
 #   ``meta``, where using them raises instead of computing with garbage; they
-#   still need their initialisation.
+#   still need their initialisation. It also adopts the checkpoint's dtype,
+#   marks the dictionary's ``_metadata`` so later loads of it assign too, and,
+#   like ``to_empty()``, unties tied weights: tie them again.
+# - In ``bfloat16``, compute positions and rotary angles in float32 (bf16
+#   cannot count past 256), and run ``init_buffers`` again after a dtype cast.

@@ -20,13 +20,16 @@ import copy
 import io
 import logging
 import os
+import textwrap
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch._dynamo
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/13_compile_and_export.png"
 
@@ -69,10 +72,13 @@ def dynamo_counts():
 # A buffer updated in place, compiled with inductor
 # -------------------------------------------------
 # A running mean with a step counter, both buffers, both updated in place in
-# ``forward``. The first call of the compiled module compiles it, so its time
-# is the compile time plus one run. Inductor keeps compiled graphs in an
-# on-disk cache; the line below also says whether this build found the graph
-# there (then the first call loads it instead of generating code).
+# ``forward``, under ``torch.no_grad()``: they are statistics, and the section
+# on training below shows what goes wrong without it. The first call of the
+# compiled module compiles it: its time is Dynamo's capture, AOTAutograd's
+# tracing, inductor's code generation and the C++ compiler (or, when
+# inductor's on-disk cache already holds the graph, loading it instead), plus
+# one run. The lines below say whether this build found the graph in the
+# cache, and where that cache is.
 
 
 class RunningMean(nn.Module):
@@ -82,8 +88,10 @@ class RunningMean(nn.Module):
         self.register_buffer("steps", torch.tensor(0))
 
     def forward(self, x):
-        self.steps += 1
-        self.mean.lerp_(x.mean(dim=0), 1.0 / self.steps)
+        with torch.no_grad():  # statistics: no gradient flows into them
+            self.steps += 1
+            # .to(): under autocast x may be bfloat16; lerp_ wants mean's dtype
+            self.mean.lerp_(x.mean(dim=0).to(self.mean.dtype), 1.0 / self.steps)
         return x - self.mean
 
 
@@ -110,6 +118,11 @@ print(
     f"(inductor's on-disk cache: {inductor_cache})"
 )
 print("Dynamo:", inductor_counts)
+if Path(cache_dir()) == Path(default_cache_dir()).absolute():
+    print("inductor's cache (torch's default):", cache_dir())
+else:  # TORCHINDUCTOR_CACHE_DIR was set (the docs build sets one of its own)
+    print("inductor's cache (TORCHINDUCTOR_CACHE_DIR):", os.path.relpath(cache_dir()))
+    print("without TORCHINDUCTOR_CACHE_DIR it would be:", default_cache_dir())
 print(
     "steps, compiled vs eager:", compiled_model.steps.item(), eager_model.steps.item()
 )
@@ -134,7 +147,15 @@ assert buffers_match, "claim: compiled in-place updates give eager's buffers"
 # %%
 # One graph for twenty calls, no graph break, no recompile, and the buffers
 # hold what eager mode computed: the in-place updates became part of the
-# compiled code, which writes them back into the module's own tensors.
+# compiled code, which writes them back into the module's own tensors. That
+# holds for these calls: inputs that need no gradient, all of one shape. The
+# section on training below changes both.
+#
+# The cache is ``torchinductor_<user>`` in the system's temporary folder
+# unless the environment variable ``TORCHINDUCTOR_CACHE_DIR`` names another;
+# the line above says which this build used. Your own run caches in the
+# folder that the same code prints on your machine; delete it to measure a
+# cold compile.
 #
 # The experiments that follow are about graph capture, which happens before any
 # backend runs, so they compile with ``backend="eager"``: Dynamo captures the
@@ -153,6 +174,121 @@ print(
 
 # sphinx_gallery_start_ignore
 assert dynamo_counts() == inductor_counts, "claim: same capture with backend=eager"
+# sphinx_gallery_end_ignore
+
+# %%
+# In training, the updates need ``torch.no_grad()``
+# -------------------------------------------------
+# In training the input of ``RunningMean`` comes from layers that learn, so it
+# needs a gradient, and an in-place update of a buffer from it is recorded by
+# autograd unless it runs under ``torch.no_grad()``. The same class without
+# that block, trained for three steps behind a ``Linear`` layer, eagerly and
+# compiled (``backend="aot_eager"``: Dynamo and AOTAutograd, which builds the
+# backward graph, without inductor's code generation):
+
+
+class RunningMeanWithGraph(RunningMean):
+    def forward(self, x):  # the same updates, recorded by autograd
+        self.steps += 1
+        self.mean.lerp_(x.mean(dim=0), 1.0 / self.steps)
+        return x - self.mean
+
+
+first_layer = nn.Linear(4, 4).to(device)  # every run starts from these weights
+
+
+def train_three_steps(statistic_class, backend=None):
+    """Three SGD steps of a Linear layer and the statistic; the losses, or the error."""
+    net = nn.Sequential(copy.deepcopy(first_layer), statistic_class().to(device))
+    forward = net if backend is None else torch.compile(net, backend=backend)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    losses = []
+    for step, batch in enumerate(batches[:3], start=1):
+        try:
+            optimizer.zero_grad()
+            loss = forward(batch).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+        except RuntimeError as error:
+            message = (
+                f"step {step}: {type(error).__name__}: {str(error).splitlines()[0]}"
+            )
+            return net, forward, textwrap.shorten(message, 200, placeholder=" ...")
+        losses.append(loss.item())
+    return net, forward, losses
+
+
+training = {}
+for statistic_class in (RunningMeanWithGraph, RunningMean):
+    for backend in (None, "aot_eager"):
+        fresh_compiler()
+        label = f"{statistic_class.__name__}, {backend or 'eager mode'}"
+        training[label] = train_three_steps(statistic_class, backend)
+        if isinstance(training[label][2], str):
+            print(f"{label}: fails at")
+            print(textwrap.indent(textwrap.fill(training[label][2], 96), "    "))
+        else:
+            rounded = [round(loss, 4) for loss in training[label][2]]
+            print(f"{label}: trains, losses {rounded}")
+compiled_training_counts = dynamo_counts()
+print("Dynamo, the three compiled steps:", compiled_training_counts)
+
+eager_net = training["RunningMean, eager mode"][0]
+compiled_net = training["RunningMean, aot_eager"][0]
+training_matches = all(
+    abs(a - b) <= 1e-5 * max(1.0, abs(a))
+    for a, b in zip(
+        training["RunningMean, eager mode"][2],
+        training["RunningMean, aot_eager"][2],
+        strict=True,
+    )
+)
+buffers_match_in_training = torch.allclose(
+    eager_net[1].mean, compiled_net[1].mean, rtol=1e-5, atol=1e-6
+)
+print(
+    "compiled training: losses and running mean equal to eager's:",
+    training_matches and buffers_match_in_training,
+)
+
+# sphinx_gallery_start_ignore
+assert training["RunningMeanWithGraph, eager mode"][2].startswith("step 2:"), (
+    "claim: without no_grad, eager training fails at the second step"
+)
+assert training["RunningMeanWithGraph, aot_eager"][2].startswith("step 1:"), (
+    "claim: without no_grad, compiled training fails at the first step"
+)
+assert isinstance(training["RunningMean, eager mode"][2], list), "claim: trains"
+assert isinstance(training["RunningMean, aot_eager"][2], list), "claim: compiled too"
+assert compiled_training_counts == {"graphs": 1, "graph breaks": 0, "gave up": 0}, (
+    f"claim: three compiled training steps, one graph: {compiled_training_counts}"
+)
+assert training_matches, "claim: compiled training gives eager's losses"
+assert buffers_match_in_training, "claim: and eager's running mean"
+assert compiled_net[1].steps.item() == 3, "claim: the counter counted three steps"
+# sphinx_gallery_end_ignore
+
+# %%
+# Eagerly, the first step's update records a graph into ``mean``, and the
+# second step's backward pass runs into that graph, already freed by the
+# first. Compiled, it fails at once. With the updates under
+# ``torch.no_grad()`` both train, and the compiled module computes what eager
+# mode does, in one graph. That graph is for one batch size. A batch of
+# another size makes Dynamo compile once more, with the batch size as a
+# symbol (automatic dynamic shapes); a batch of one is specialised
+# separately, once more:
+
+compiled_forward = training["RunningMean, aot_eager"][1]
+graphs_by_batch_size = {}
+for size in (8, 3, 5, 1):
+    compiled_forward(torch.randn(size, 4, device=device)).pow(2).mean().backward()
+    graphs_by_batch_size[size] = dynamo_counts()["graphs"]
+print("graphs so far, after a batch of size:", graphs_by_batch_size)
+
+# sphinx_gallery_start_ignore
+assert graphs_by_batch_size == {8: 1, 3: 2, 5: 2, 1: 3}, (
+    f"claim: one recompile for a new batch size, one for size 1: {graphs_by_batch_size}"
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -374,7 +510,9 @@ for module_class in (WarmupScale, WarmupScaleInGraph):
 # position. The position is a Python ``int`` argument, which changes every
 # call. Dynamo first compiles for the exact value; when it changes, it
 # compiles once more with the position as a symbolic size (automatic dynamic
-# shapes), and that graph serves every later position.
+# shapes), and that graph serves every later position. The cache is for
+# inference (generation): a write from a key that needs a gradient would put
+# autograd's graph into the buffer, so ``forward`` refuses one.
 
 
 class KeyCache(nn.Module):
@@ -383,6 +521,9 @@ class KeyCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(1, length, dim), persistent=False)
 
     def forward(self, k, position):
+        if torch.is_grad_enabled() and k.requires_grad:
+            msg = "KeyCache is for inference: call it under torch.no_grad()"
+            raise RuntimeError(msg)
         self.k_cache[:, position : position + k.shape[1]] = k
         return self.k_cache[:, : position + k.shape[1]].sum(dim=1)
 
@@ -404,6 +545,12 @@ assert cache_counts == {"graphs": 2, "graph breaks": 0, "gave up": 0}, (
     f"claim: two graphs for any number of cache positions: {cache_counts}"
 )
 assert torch.equal(cache.k_cache[:, :3], prompt), "claim: the write reached the buffer"
+try:
+    KeyCache().to(device)(torch.ones(1, 1, 4, device=device, requires_grad=True), 0)
+    cache_refused = False
+except RuntimeError:
+    cache_refused = True
+assert cache_refused, "claim: the cache refuses a key that needs a gradient"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -516,7 +663,8 @@ assert steps_seen_by_runnable == original_steps + 10, (
 # was, or when the exported program will keep running alongside it.
 
 # sphinx_gallery_start_ignore
-kept = Everything()
+with torch.random.fork_rng(devices=[]):  # the page's random numbers stay put
+    kept = Everything()
 torch.export.export(copy.deepcopy(kept), (example,)).module()(example)
 assert kept.steps.item() == 0, "claim: exporting a deepcopy leaves the original alone"
 # sphinx_gallery_end_ignore
@@ -556,8 +704,11 @@ torch._dynamo.reset()
 # What to remember
 # ----------------
 # - Buffers updated in place in ``forward`` compile to one graph, without
-#   graph breaks or recompiles, and the compiled module updates them as eager
-#   mode does.
+#   graph breaks, and the compiled module updates them as eager mode does; a
+#   new batch size costs one recompile (automatic dynamic shapes), a batch of
+#   one another.
+# - Update statistics under ``torch.no_grad()``: without it, training fails
+#   (eagerly at the second step, compiled at the first).
 # - Reassigning a buffer (``self.mean = ...``) compiles too, but replaces the
 #   tensor every call: references held elsewhere stop following it. Prefer
 #   in-place updates (``add_``, ``lerp_``, ``copy_``, slice assignment).

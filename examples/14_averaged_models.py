@@ -19,6 +19,7 @@ hand-written EMA over ``state_dict()`` leaves behind.
 # -------------------
 
 import copy
+import inspect
 import os
 import textwrap
 
@@ -92,8 +93,10 @@ copied = torch.equal(swa.module[1].running_mean, live_mean)
 copied_too = torch.equal(swa_buffers.module[1].running_mean, live_mean)
 print("swa (use_buffers=False) holds the live model's running_mean:", copied)
 print("swa_buffers (use_buffers=True) holds it:", copied_too)
+# sphinx_gallery_start_ignore
 assert copied, "claim: use_buffers=False copies the live model's buffers"
 assert not copied_too, "claim: use_buffers=True averages the buffers instead"
+# sphinx_gallery_end_ignore
 
 # %%
 # Either way, are they right? A BatchNorm layer in ``eval()`` normalises with
@@ -153,9 +156,10 @@ assert all(gap > 1e-3 for gap, _, _ in before.values()), (
 # ----------------------
 # ``torch.optim.swa_utils.update_bn(loader, model)`` resets every BatchNorm's
 # running statistics, sets ``momentum=None`` (a cumulative average), runs one
-# pass over the data in ``train()`` under ``no_grad``, and restores momentum and
-# mode (here ``momentum=0.1`` and ``train()`` again). The loader can be anything that yields batches: a ``DataLoader``, or
-# here the list of ``(x, y)`` pairs (it takes the first element of each).
+# pass over the data in ``train()`` under ``no_grad``, and restores momentum
+# (here ``0.1``) and the model's mode (here ``train()``; more on the mode
+# below). The loader can be anything that yields batches: a ``DataLoader``,
+# or here the list of ``(x, y)`` pairs (it takes the first element of each).
 
 for network in averaged.values():
     update_bn(batches, network)
@@ -169,12 +173,12 @@ for label in averaged:
     verdict = "lowered" if after[label][2] < before[label][2] else "did not lower"
     print(f"update_bn {verdict} the eval loss of {label}: "
           f"{before[label][2]:.4f} -> {after[label][2]:.4f}")  # fmt: skip
+
+# sphinx_gallery_start_ignore
 assert all(gap < 1e-4 for gap, _, _ in after.values()), (
     "claim: after update_bn the running mean is the mean of the averaged "
     "weights' activations"
 )
-
-# sphinx_gallery_start_ignore
 with torch.no_grad():
     swa_features = swa.module[0](inputs)
 per_batch_variances = torch.stack([f.var(0) for f in swa_features.split(64)])
@@ -200,7 +204,8 @@ assert "use_buffers=True" in AveragedModel.__doc__, "claim: torch's docs show th
 # and is off in either direction (some features above it, some below). Whether it lowers the loss depends on the model and data (the
 # lines above say what it did here); that the statistics then belong to the
 # weights does not.
-#
+
+# %%
 # Saving the averaged model
 # -------------------------
 # ``AveragedModel`` is a wrapper: its ``state_dict()`` holds the model under
@@ -221,12 +226,14 @@ except RuntimeError as error:
     print(f"{type(error).__name__}:")
     for line in str(error).splitlines():
         print(textwrap.shorten(line.strip(), width=88, placeholder=" ..."))
-assert load_error is not None, (
-    "claim: a wrapper's state_dict does not load into a model"
-)
 deployable = make_model()
 deployable.load_state_dict(ema.module.state_dict())
 print("ema.module.state_dict() loads into a plain model: yes")
+# sphinx_gallery_start_ignore
+assert load_error is not None, (
+    "claim: a wrapper's state_dict does not load into a model"
+)
+# sphinx_gallery_end_ignore
 
 # %%
 # Save ``ema.module.state_dict()`` for deployment; save ``ema.state_dict()`` to
@@ -260,7 +267,8 @@ class RangeScaled(nn.Module):
 
     def forward(self, x):
         if self.training:
-            torch.maximum(self.input_range, x.abs().amax(0), out=self.input_range)
+            with torch.no_grad():  # a statistic: no gradient flows into it
+                torch.maximum(self.input_range, x.abs().amax(0), out=self.input_range)
         return self.linear(x / self.input_range) * self.output_scale
 
 
@@ -305,6 +313,7 @@ def state_row(label, network):
 live_loss = state_row("live model", scaled)
 hand_loss = state_row("hand-written EMA", hand_ema)
 torch_loss = state_row("AveragedModel EMA", torch_ema.module)
+# sphinx_gallery_start_ignore
 assert torch.equal(hand_ema.input_range, torch.ones(4, device=device)), (
     "claim: a state_dict() EMA never updates a non-persistent buffer"
 )
@@ -315,7 +324,6 @@ assert hand_ema.output_scale.item() == 1.0, "claim: plain attributes are left be
 assert torch_ema.module.output_scale.item() == 1.0, (
     "claim: AveragedModel leaves plain attributes behind too"
 )
-# sphinx_gallery_start_ignore
 other_device = device if device.type != "cpu" else torch.device("meta")
 on_other_device = torch.ones(2, 1, device=other_device)
 assert (on_other_device * torch.ones(())).device == other_device, (
@@ -327,12 +335,12 @@ try:
 except RuntimeError as error:
     mixed_error = error
 assert mixed_error is not None, "claim: a (1,) CPU tensor on another device raises"
-assert RangeScaled().to("meta").output_scale.device.type == "cpu", (
+with torch.random.fork_rng(devices=[]):  # the page's random numbers stay put
+    moved = RangeScaled().to("meta")
+assert moved.output_scale.device.type == "cpu", (
     "claim: .to() does not move a plain tensor attribute"
 )
-assert RangeScaled().to("meta").input_range.device.type == "meta", (
-    "claim: .to() moves a buffer"
-)
+assert moved.input_range.device.type == "meta", "claim: .to() moves a buffer"
 # Which stale scale costs what: fix one at a time on a copy of the hand-written EMA.
 only_range_fixed = copy.deepcopy(hand_ema)
 only_range_fixed.input_range.copy_(scaled.input_range)
@@ -366,9 +374,12 @@ assert scale_fixed_loss > 10 * max(hand_loss, torch_loss), (
 # the copy was made. A plain attribute fails in one more way: ``.to(device)``
 # leaves it where it was.
 #
-# The recipe: every tensor the model computes with is a buffer (persistent or
-# not), and the averaging walks ``parameters()`` and ``buffers()``, as
-# ``AveragedModel`` does.
+# The recipe: every tensor the model computes with is a buffer, and the
+# averaging walks ``parameters()`` and ``buffers()``, as ``AveragedModel``
+# does. The class below also makes ``input_range`` persistent: ``eval()``
+# computes with its trained value, which a non-persistent buffer loses at
+# every save and load (and after ``to_empty()``). Older checkpoints without
+# the key then need a migration, as in the chapter on evolving buffers.
 
 
 class RangeScaledFixed(RangeScaled):
@@ -376,6 +387,7 @@ class RangeScaledFixed(RangeScaled):
         super().__init__()
         del self.output_scale
         self.register_buffer("output_scale", torch.ones(()))
+        self.register_buffer("input_range", self.input_range, persistent=True)
 
 
 torch.manual_seed(123)
@@ -392,16 +404,178 @@ for _ in range(EPOCHS):
         optimizer.step()
         fixed_ema.update_parameters(fixed)
 fixed_loss = state_row("fixed model, its EMA", fixed_ema.module)
+print(
+    f"EMA loss: hand-written {hand_loss:.4f}, AveragedModel {torch_loss:.4f},\n"
+    f"          with every tensor a buffer {fixed_loss:.4f} (live model {live_loss:.4f})"
+)
+# sphinx_gallery_start_ignore
 assert torch.equal(fixed_ema.module.output_scale, fixed.output_scale), (
     "claim: a registered buffer is carried into the EMA"
 )
-print(
-    f"EMA loss: hand-written {hand_loss:.4f}, AveragedModel {torch_loss:.4f}, "
-    f"with every tensor a buffer {fixed_loss:.4f} (live model {live_loss:.4f})"
+assert {"input_range", "output_scale"} <= set(fixed.state_dict()), (
+    "claim: the fixed class saves both scales"
 )
+assert "input_range" not in scaled.state_dict(), "claim: RangeScaled does not"
 assert fixed_loss < min(hand_loss, torch_loss) / 10, (
     "claim: the EMA with every tensor a buffer is far better than either stale one"
 )
+# sphinx_gallery_end_ignore
+
+# %%
+# The mode after ``update_bn``
+# ----------------------------
+# "Restores the mode" is ``model.train(was_training)``, and ``train()``
+# sets the mode of every submodule, as the pass itself (``model.train()``)
+# already did. A submodule you keep in ``eval()`` on purpose inside a
+# model in ``train()`` (here a ``Dropout`` switched off) comes back in
+# ``train()``: set it again after ``update_bn``.
+
+kept_off = nn.Sequential(make_model(), nn.Dropout(0.5))
+kept_off[1].eval()  # dropout off on purpose; the model as a whole trains
+print("before update_bn, the Dropout is training:", kept_off[1].training)
+update_bn(batches, kept_off)
+dropout_switched = kept_off[1].training
+print("after update_bn, the Dropout is training: ", dropout_switched)
+
+# sphinx_gallery_start_ignore
+assert kept_off.training, "claim: the model as a whole was in train()"
+assert dropout_switched, (
+    "claim: update_bn switches a submodule kept in eval() to train()"
+)
+assert "model.train(was_training)" in inspect.getsource(update_bn), (
+    "claim: update_bn restores the mode with model.train(was_training)"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Integer buffers in the EMA recipe
+# ---------------------------------
+# ``use_buffers=True`` hands every buffer to ``multi_avg_fn``, integer ones
+# too, and ``get_ema_multi_avg_fn`` computes ``decay * ema + (1 - decay) *
+# live`` for them and copies the result back into the integer tensor, which
+# truncates it. BatchNorm's ``num_batches_tracked`` falls behind the live
+# model's count, and a constant integer table (a relative-position index, a
+# vocabulary map) changes although the live model's never does. One update
+# of a table that holds ``0 .. 7`` in both models, computed as torch does it:
+
+table = torch.arange(8, device=device)
+one_update = table * 0.9 + table * (1 - 0.9)
+print("0.9 * k + 0.1 * k:", [round(v, 7) for v in one_update.tolist()])
+print("copied back into the integer table:", one_update.long().tolist())
+
+# sphinx_gallery_start_ignore
+assert not torch.equal(one_update.long(), table), (
+    "claim: one EMA update truncates some entries of a constant integer table"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Some sums land a hair under the integer, and the copy truncates them. The
+# fix: average the floating-point tensors, copy the others.
+
+
+def ema_floats_copy_rest(decay):
+    """Like get_ema_multi_avg_fn(decay), but integer tensors are copied, not averaged."""
+    average = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(ema_tensors, live_tensors, num_averaged):
+        pairs = list(zip(ema_tensors, live_tensors, strict=True))
+        floats = [(e, v) for e, v in pairs if e.is_floating_point() or e.is_complex()]
+        if floats:
+            average([e for e, _ in floats], [v for _, v in floats], num_averaged)
+        for ema_tensor, live_tensor in pairs:
+            if not (ema_tensor.is_floating_point() or ema_tensor.is_complex()):
+                ema_tensor.copy_(live_tensor)
+
+    return update
+
+
+indexed = make_model()
+indexed.register_buffer("index", torch.arange(8, device=device))  # a constant table
+recipe_ema = AveragedModel(
+    indexed, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True
+)
+copying_ema = AveragedModel(
+    indexed, multi_avg_fn=ema_floats_copy_rest(0.9), use_buffers=True
+)
+optimizer = torch.optim.SGD(indexed.parameters(), lr=0.1, momentum=0.9)
+for _ in range(3):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.mse_loss(indexed(x), y).backward()
+        optimizer.step()
+        recipe_ema.update_parameters(indexed)
+        copying_ema.update_parameters(indexed)
+
+print(f"{'':32} {'num_batches_tracked':>19}  index")
+for label, network in [
+    ("live model", indexed),
+    ("EMA, get_ema_multi_avg_fn", recipe_ema.module),
+    ("EMA, floats averaged, rest copied", copying_ema.module),
+]:
+    count = network[1].num_batches_tracked.item()
+    print(f"{label:33} {count:>19}  {network.index.tolist()}")
+
+# sphinx_gallery_start_ignore
+live_count = indexed[1].num_batches_tracked.item()
+assert recipe_ema.module[1].num_batches_tracked.item() < live_count, (
+    "claim: the EMA recipe's num_batches_tracked falls behind the live count"
+)
+assert not torch.equal(recipe_ema.module.index, indexed.index), (
+    "claim: the EMA recipe changes a constant integer table"
+)
+assert copying_ema.module[1].num_batches_tracked.item() == live_count, (
+    "claim: copying integer buffers keeps the count"
+)
+assert torch.equal(copying_ema.module.index, indexed.index), (
+    "claim: copying integer buffers keeps the table"
+)
+assert all(
+    torch.equal(a, b)
+    for a, b in zip(
+        recipe_ema.module.parameters(), copying_ema.module.parameters(), strict=True
+    )
+), "claim: both EMAs average the floating-point tensors alike"
+# sphinx_gallery_end_ignore
+
+# %%
+# ``AveragedModel``'s own docstring shows the EMA recipe as
+# ``AveragedModel(model, get_ema_multi_avg_fn(0.9), use_buffers=True)``:
+# the averaging function passed positionally. The second positional
+# parameter is ``device``, so the function lands there, and the model's
+# ``.to()`` refuses it. Pass ``multi_avg_fn=`` by name (``update_bn``'s
+# third positional parameter is a ``device`` too).
+
+averaged_parameters = list(inspect.signature(AveragedModel.__init__).parameters)
+print("AveragedModel's parameters:", averaged_parameters[1:])
+print("update_bn's parameters:    ", list(inspect.signature(update_bn).parameters))
+docstring_example = [
+    line.strip().removeprefix(">>>").strip()
+    for line in AveragedModel.__doc__.splitlines()
+    if "get_ema_multi_avg_fn(0.9)" in line or "ema_model = " in line
+]
+print("its docstring's example:")
+for line in docstring_example:
+    print("   ", line)
+try:
+    AveragedModel(model, get_ema_multi_avg_fn(0.9), use_buffers=True)
+    docstring_error = None
+except TypeError as error:
+    docstring_error = error
+    print(textwrap.fill(f"{type(error).__name__}: {str(error).splitlines()[0]}", 100))
+
+# sphinx_gallery_start_ignore
+assert averaged_parameters[:3] == ["self", "model", "device"], (
+    f"claim: AveragedModel's second positional parameter is device: {averaged_parameters}"
+)
+assert list(inspect.signature(update_bn).parameters) == ["loader", "model", "device"], (
+    "claim: update_bn(loader, model, device=None)"
+)
+assert any("get_ema_multi_avg_fn(0.9), use_buffers=True)" in line
+           for line in docstring_example), "claim: the docstring passes it positionally"  # fmt: skip
+assert docstring_error is not None, "claim: the docstring's call raises"
+# sphinx_gallery_end_ignore
 
 # %%
 # What to remember
@@ -413,6 +587,13 @@ assert fixed_loss < min(hand_loss, torch_loss) / 10, (
 # - Call ``update_bn(loader, averaged_model)`` after averaging: one pass over the
 #   data makes each running mean the average of its per-batch input means: the
 #   exact mean for the first BatchNorm when all batches have the same size.
+# - ``update_bn`` ends with ``model.train(was_training)``: a submodule kept in
+#   ``eval()`` inside a training model comes back in ``train()``.
+# - ``get_ema_multi_avg_fn`` with ``use_buffers=True`` truncates integer
+#   buffers (``num_batches_tracked``, index tables): average the
+#   floating-point tensors and copy the rest (``ema_floats_copy_rest``).
+#   Pass ``multi_avg_fn=`` by name: ``AveragedModel``'s second positional
+#   parameter is ``device``.
 # - Save ``averaged.module.state_dict()`` for deployment; ``averaged.state_dict()``
 #   has ``module.``-prefixed keys and ``n_averaged``.
 # - An EMA that walks ``state_dict()`` skips non-persistent buffers; neither EMA

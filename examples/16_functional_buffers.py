@@ -17,11 +17,17 @@ update made in ``forward`` goes, and what happens to a buffer that ``forward``
 # -------------------
 
 import os
+import textwrap
 import warnings
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import (
+    functional_call,
+    replace_all_batch_norm_modules_,
+    stack_module_state,
+    vmap,
+)
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/16_functional_buffers.png"
 
@@ -55,9 +61,9 @@ print(
     buffers["num_batches_tracked"].item(),
     norm.num_batches_tracked.item(),
 )
+# sphinx_gallery_start_ignore
 assert buffers["num_batches_tracked"].item() == 1, "claim: the passed-in buffer counted"
 assert not norm.running_mean.any(), "claim: the module's own buffer is untouched"
-# sphinx_gallery_start_ignore
 assert torch.allclose(
     buffers["running_mean"], 0.1 * batch.mean(0), rtol=1e-5, atol=1e-6
 ), "claim: the passed running_mean holds 10% of the batch mean"
@@ -85,18 +91,21 @@ print(
     "module's running_mean after it:",
     [round(v, 4) for v in fresh.running_mean.tolist()],
 )
+# sphinx_gallery_start_ignore
 assert not typo["runing_mean"].any(), "claim: an unknown key is silently ignored"
 assert fresh.running_mean.any(), "claim: the module's own buffer was updated instead"
 assert not typo_warnings, "claim: no warning for an unknown key"
+# sphinx_gallery_end_ignore
 
 try:
     functional_call(fresh, typo, (batch,), strict=True)
     strict_error = None
 except RuntimeError as error:
     strict_error = error
-    print(f"strict=True: {type(error).__name__}: {error}")
-assert strict_error is not None, "claim: strict=True rejects unknown and missing keys"
+    print(f"strict=True: {type(error).__name__}:")
+    print(textwrap.fill(str(error), 100))
 # sphinx_gallery_start_ignore
+assert strict_error is not None, "claim: strict=True rejects unknown and missing keys"
 assert "Unexpected" in str(strict_error), "claim: strict=True names the unknown key"
 assert "Missing" in str(strict_error), "claim: strict=True names the missing keys"
 # sphinx_gallery_end_ignore
@@ -125,8 +134,9 @@ class StepCounter(nn.Module):
         self.register_buffer("total", torch.zeros(()))
 
     def forward(self, x):
-        self.steps = self.steps + 1  # reassigned: a new tensor each call
-        self.total.add_(x.sum())  # in place: the same tensor, new values
+        with torch.no_grad():  # statistics: no gradient flows into them
+            self.steps = self.steps + 1  # reassigned: a new tensor each call
+            self.total.add_(x.sum())  # in place: the same tensor, new values
         return 2 * x
 
 
@@ -185,8 +195,9 @@ assert counter.total.item() == 0.0, "claim: the module's own buffers are untouch
 
 class FixedStepCounter(StepCounter):
     def forward(self, x):
-        self.steps.add_(1)  # in place, like BatchNorm's own counter
-        self.total.add_(x.sum())
+        with torch.no_grad():
+            self.steps.add_(1)  # in place, like BatchNorm's own counter
+            self.total.add_(x.sum())
         return 2 * x
 
 
@@ -195,7 +206,106 @@ fixed_state = fresh_state(fixed)
 for _ in range(3):
     functional_call(fixed, ({}, fixed_state), (ones,))
 print("after 3 calls:", {name: t.item() for name, t in fixed_state.items()})
+# sphinx_gallery_start_ignore
 assert fixed_state["steps"].item() == 3, "claim: an in-place counter counts every call"
+# sphinx_gallery_end_ignore
+
+# %%
+# Many models at once: ``vmap`` and BatchNorm's buffers
+# -----------------------------------------------------
+# ``torch.func.vmap`` runs a function over a batch dimension as if in a loop.
+# An ensemble uses it with ``functional_call``: the weights of several copies
+# of a model are stacked along a new first dimension, and each copy sees its
+# own slice. Here two copies of a ``BatchNorm1d`` in ``train()`` mode, each
+# with a batch of its own (means near 5 and near -5). Stacking the parameters
+# and passing one unstacked set of buffers fails: each copy would update the
+# same running statistics in place, and torch refuses.
+
+ensemble = [nn.BatchNorm1d(3).to(device) for _ in range(2)]
+member_shift = torch.tensor([5.0, -5.0], device=device).view(2, 1, 1)
+member_batches = torch.randn(2, 16, 3, device=device) + member_shift
+stacked_parameters, stacked_buffers = stack_module_state(ensemble)
+
+
+def run_member(member_parameters, member_buffers, x):
+    return functional_call(ensemble[0], (member_parameters, member_buffers), (x,))
+
+
+one_set = fresh_state(ensemble[0])  # one set of buffers for both copies
+try:
+    vmap(run_member, in_dims=(0, None, 0))(stacked_parameters, one_set, member_batches)
+    unstacked_error = None
+except RuntimeError as error:
+    unstacked_error = error
+    print(f"unstacked buffers: {type(error).__name__}:")
+    print(textwrap.fill(str(error), 100))
+
+# sphinx_gallery_start_ignore
+assert unstacked_error is not None, (
+    "claim: vmap over BatchNorm in train() with unbatched buffers raises"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# Two ways work. The first keeps a running statistic per copy:
+# ``torch.func.stack_module_state`` stacks the buffers too (a new tensor per
+# name, one row per copy; the copies' own buffers are not touched), and
+# ``vmap`` hands each copy its row, which BatchNorm updates in place.
+
+stacked_out = vmap(run_member)(stacked_parameters, stacked_buffers, member_batches)
+stacked_means = stacked_buffers["running_mean"]
+print("stacked running_mean, one row per copy:")
+for row in stacked_means.tolist():
+    print("   ", [round(v, 3) for v in row])
+print("num_batches_tracked:", stacked_buffers["num_batches_tracked"].tolist())
+
+# sphinx_gallery_start_ignore
+assert torch.allclose(
+    stacked_means, 0.1 * member_batches.mean(1), rtol=1e-5, atol=1e-6
+), "claim: each copy's row holds 10% of its own batch mean"
+assert stacked_buffers["num_batches_tracked"].tolist() == [1, 1], (
+    "claim: each copy counted its batch"
+)
+assert all(not m.running_mean.any() for m in ensemble), (
+    "claim: stack_module_state copies: the copies' own buffers are untouched"
+)
+one_by_one = []
+for member, member_batch in zip(ensemble, member_batches, strict=True):
+    alone = nn.BatchNorm1d(3).to(device)
+    alone.load_state_dict(member.state_dict())
+    one_by_one.append(alone(member_batch))
+assert torch.allclose(stacked_out, torch.stack(one_by_one), rtol=1e-5, atol=1e-5), (
+    "claim: the vmapped ensemble computes what each copy computes alone"
+)
+# sphinx_gallery_end_ignore
+
+# %%
+# The second gives the statistics up:
+# ``torch.func.replace_all_batch_norm_modules_(module)`` patches every
+# BatchNorm in ``module``, in place, to keep no running statistics (its
+# ``running_mean`` and ``running_var`` become ``None``). Then nothing is
+# updated, ``vmap`` works, and every call normalises with the statistics of
+# its own batch, in ``eval()`` too. Use it when nothing needs the running
+# statistics later.
+
+patched = nn.BatchNorm1d(3).to(device)
+replace_all_batch_norm_modules_(patched)
+print(
+    "after replace_all_batch_norm_modules_:", patched.running_mean, patched.running_var
+)
+patched_out = vmap(patched)(member_batches)
+patched.eval()
+eval_out = vmap(patched)(member_batches)
+print("eval() output equal to train() output:", torch.equal(eval_out, patched_out))
+
+# sphinx_gallery_start_ignore
+assert patched.running_mean is None, "claim: the patch removes running_mean"
+assert patched.running_var is None, "claim: the patch removes the running statistics"
+assert torch.allclose(stacked_out, patched_out, rtol=1e-5, atol=1e-5), (
+    "claim: the patched module normalises each copy's batch with its own statistics"
+)
+assert torch.equal(eval_out, patched_out), "claim: eval() uses batch statistics too"
+# sphinx_gallery_end_ignore
 
 # %%
 # Tied tensors and ``tie_weights``
@@ -231,18 +341,19 @@ tied_out = functional_call(tied, {"table": zeros}, (zeros,))
 untied_out = functional_call(tied, {"table": zeros}, (zeros,), tie_weights=False)
 print("tie_weights=True  (default):", tied_out.tolist())
 print("tie_weights=False:          ", untied_out.tolist())
-assert tied_out.tolist() == [10.0, 10.0], "claim: tie_weights swaps the alias too"
-assert untied_out.tolist() == [11.0, 11.0], "claim: without it the alias keeps the old"
 try:
     functional_call(tied, {"table": zeros, "alias": ones[:2]}, (zeros,))
     both_error = None
 except ValueError as error:
     both_error = error
-    print(f"both names given: {type(error).__name__}: {error}")
-assert both_error is not None, "claim: two values for one tied tensor raise"
+    print(f"both names given: {type(error).__name__}:")
+    print(textwrap.fill(str(error), 100))
 same_out = functional_call(tied, {"table": zeros, "alias": zeros}, (zeros,))
-assert same_out.tolist() == [10.0, 10.0], "claim: one tensor under both names works"
 # sphinx_gallery_start_ignore
+assert tied_out.tolist() == [10.0, 10.0], "claim: tie_weights swaps the alias too"
+assert untied_out.tolist() == [11.0, 11.0], "claim: without it the alias keeps the old"
+assert both_error is not None, "claim: two values for one tied tensor raise"
+assert same_out.tolist() == [10.0, 10.0], "claim: one tensor under both names works"
 every_buffer = ({}, dict(tied.named_buffers()))
 functional_call(tied, every_buffer, (zeros,), strict=True)  # tie_weights=True: fine
 try:
@@ -254,7 +365,10 @@ assert untied_strict_error is not None, (
     "claim: with tie_weights=False, strict=True misses the deduplicated alias"
 )
 every_name = ({}, dict(tied.named_buffers(remove_duplicate=False)))
-functional_call(tied, every_name, (zeros,), strict=True, tie_weights=False)
+# Assigned, not left as the block's last expression: sphinx-gallery would print it.
+every_name_out = functional_call(
+    tied, every_name, (zeros,), strict=True, tie_weights=False
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -274,13 +388,14 @@ functional_call(tied, every_name, (zeros,), strict=True, tie_weights=False)
 
 outer = nn.Sequential(tied, nn.BatchNorm1d(2)).to(device)
 outer.register_buffer("scale", torch.ones(()), persistent=False)
-print("recurse=True: ", [n for n, _ in outer.named_buffers()])
+all_names = [n for n, _ in outer.named_buffers()]
+print(textwrap.fill(f"recurse=True:  {all_names}", 100, subsequent_indent=" " * 16))
 print("recurse=False:", [n for n, _ in outer.named_buffers(recurse=False)])
 print("'offset' saved in state_dict():", "offset" in tied.state_dict())
+# sphinx_gallery_start_ignore
 assert [n for n, _ in outer.named_buffers(recurse=False)] == ["scale"], (
     "claim: recurse=False lists only the module's own buffers"
 )
-# sphinx_gallery_start_ignore
 assert [n for n, _ in tied.named_buffers()] == ["table", "offset"], (
     "claim: named_buffers() reports a shared tensor once"
 )
@@ -293,7 +408,8 @@ assert list(tied.state_dict()) == ["table", "alias", "offset"], (
     "claim: state_dict() keeps every name"
 )
 assert "offset" in tied.state_dict(), "claim: nn.Buffer is persistent by default"
-tied_linears = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+with torch.device("meta"):  # no random initialisation: the page's RNG stays put
+    tied_linears = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
 tied_linears[1].weight = tied_linears[0].weight
 assert [n for n, _ in tied_linears.named_parameters()] == [
     "0.weight",
@@ -316,6 +432,10 @@ assert len(list(tied_linears.named_parameters(remove_duplicate=False))) == 4, (
 # - A buffer *reassigned* in ``forward`` (``self.steps = self.steps + 1``) is
 #   written back only into a single dict you passed; with ``(params, buffers)``
 #   or a merged dict the update is lost. Update buffers in place.
+# - ``vmap`` over BatchNorm in ``train()`` needs one set of buffers per copy
+#   (``torch.func.stack_module_state``); or patch the module with
+#   ``torch.func.replace_all_batch_norm_modules_`` to keep no running
+#   statistics at all.
 # - Tied tensors are swapped together (``tie_weights=True``);
 #   ``named_buffers()`` lists a shared tensor once, ``remove_duplicate=False``
 #   and ``state_dict()`` list every name; ``recurse=False`` lists a module's own.

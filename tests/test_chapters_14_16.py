@@ -41,9 +41,15 @@ def test_averaged_models(run_chapter):
         "[hand_ema.output_scale.item(), torch_ema.module.output_scale.item()]",
         "torch.equal(fixed_ema.module.output_scale, fixed.output_scale)",
         "[hand_loss, torch_loss, fixed_loss]",
+        "dropout_switched",
+        "[m[1].num_batches_tracked.item() for m in"
+        " (indexed, recipe_ema.module, copying_ema.module)]",
+        "[recipe_ema.module.index.tolist(), copying_ema.module.index.tolist()]",
+        "[averaged_parameters[:3], docstring_error is not None]",
     )
     (copied, averaged, gaps_before, gaps_after, first_keys, load_failed, hand_range,
-     torch_range_tracks, stale_scales, fixed_scale, losses) = run.facts  # fmt: skip
+     torch_range_tracks, stale_scales, fixed_scale, losses, dropout_switched, counts,
+     indexes, docstring) = run.facts  # fmt: skip
     # use_buffers=False copies the live model's buffers; True averages them.
     assert copied
     assert not averaged
@@ -63,6 +69,16 @@ def test_averaged_models(run_chapter):
     hand_loss, torch_loss, fixed_loss = losses
     assert fixed_loss < min(hand_loss, torch_loss) / 10
     assert "update_bn lowered the eval loss" in run.stdout
+    # update_bn's model.train(was_training) switches a submodule kept in eval().
+    assert dropout_switched
+    # get_ema_multi_avg_fn truncates integer buffers; copying them keeps them.
+    live_count, recipe_count, copying_count = counts
+    assert recipe_count < live_count == copying_count
+    assert indexes[0] != list(range(8))
+    assert indexes[1] == list(range(8))
+    # AveragedModel's docstring passes the EMA function into `device`.
+    assert docstring == [["self", "model", "device"], True]
+    assert max(map(len, run.stdout.splitlines())) <= 100
 
 
 def test_fsdp2_buffers(run_chapter):
@@ -131,10 +147,13 @@ def test_functional_buffers(run_chapter):
         "[n for n, _ in tied.named_buffers(remove_duplicate=False)]",
         "[n for n, _ in outer.named_buffers(recurse=False)]",
         "'offset' in tied.state_dict()",
+        "type(unstacked_error).__name__",
+        "stacked_buffers['num_batches_tracked'].tolist()",
+        "[patched.running_mean is None, torch.equal(eval_out, patched_out)]",
     )
     (passed_count, module_count, typo_used, module_updated, strict_raised, steps,
      totals, fixed_steps, tie_outputs, both_error, all_names, own_names,
-     offset_saved) = run.facts  # fmt: skip
+     offset_saved, unstacked_error, stacked_counts, patched) = run.facts  # fmt: skip
     # In-place updates land in the passed tensors, not the module's.
     assert passed_count == 1
     assert module_count == 0
@@ -151,3 +170,9 @@ def test_functional_buffers(run_chapter):
     assert all_names == ["table", "alias", "offset"]
     assert own_names == ["scale"]
     assert offset_saved
+    # vmap over BatchNorm in train(): unstacked buffers raise; stacked ones or
+    # the patch that drops running statistics work.
+    assert unstacked_error == "RuntimeError"
+    assert stacked_counts == [1, 1]
+    assert patched == [True, True]
+    assert max(map(len, run.stdout.splitlines())) <= 100
