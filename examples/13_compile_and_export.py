@@ -524,6 +524,9 @@ class KeyCache(nn.Module):
         if torch.is_grad_enabled() and k.requires_grad:
             msg = "KeyCache is for inference: call it under torch.no_grad()"
             raise RuntimeError(msg)
+        if k.shape[0] != 1:
+            msg = "KeyCache holds one sequence: pass k of shape (1, tokens, dim)"
+            raise ValueError(msg)
         self.k_cache[:, position : position + k.shape[1]] = k
         return self.k_cache[:, : position + k.shape[1]].sum(dim=1)
 

@@ -147,6 +147,8 @@ class Copied:
     rows_independent: bool = True
     # A longer length for the low-precision checks (e.g. positions past 256).
     long_length: int | None = None
+    # What the chapter says to run after a dtype cast (None: nothing).
+    after_cast: Callable[[nn.Module, Copied], None] | None = None
     # Inductor as well as aot_eager, for classes whose inductor build is cheap.
     inductor: bool = False
     # Fixes undone in the chapter's source (tests of the harness itself).
@@ -280,6 +282,17 @@ def rebuild_from_config(module: nn.Module, entry: Copied) -> None:
             module.get_buffer(name).copy_(rebuilt[name])
 
 
+def ties(module: nn.Module) -> list[tuple[str, ...]]:
+    """Groups of names that hold one and the same tensor (tied weights)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]:
+        groups.setdefault(id(tensor), []).append(name)
+    return sorted(tuple(names) for names in groups.values() if len(names) > 1)
+
+
 def history_in_buffers(module: nn.Module) -> list[str]:
     return [
         name for name, buffer in module.named_buffers() if buffer.grad_fn is not None
@@ -346,9 +359,10 @@ def check_low_precision(entry: Copied, dtype: torch.dtype) -> None:
         inputs = entry.inputs(2, length)
         with torch.no_grad():
             reference = run(entry, copy.deepcopy(module), inputs)
-            cast_output = run(
-                entry, copy.deepcopy(module).to(dtype), cast(inputs, dtype)
-            )
+            cast_module = copy.deepcopy(module).to(dtype)
+            if entry.after_cast is not None:
+                entry.after_cast(cast_module, entry)
+            cast_output = run(entry, cast_module, cast(inputs, dtype))
             with torch.autocast("cpu", dtype=dtype):
                 autocast_output = run(entry, copy.deepcopy(module), inputs)
         for how, output in (("module.to", cast_output), ("autocast", autocast_output)):
@@ -371,6 +385,8 @@ def check_copies(entry: Copied) -> None:
         fresh = entry.build().eval()
     inputs = entry.inputs(2, entry.lengths[-1])
     fresh.load_state_dict(module.state_dict(), strict=True)
+    assert ties(copy.deepcopy(module)) == ties(module), "deepcopy changed the ties"
+    assert ties(fresh) == ties(module), "a fresh instance has other ties"
     with torch.no_grad():
         expected = run(entry, copy.deepcopy(module), inputs)
         assert_same(run(entry, copy.deepcopy(module), inputs), expected, "deepcopy")
@@ -397,6 +413,10 @@ def check_meta_init(entry: Copied) -> None:
         entry.reinit(module, entry)
     module.load_state_dict(reference.state_dict(), strict=True)
     assert on_meta == list(module.state_dict()), "the state_dict keys changed"
+    assert ties(module) == ties(reference), (
+        f"tied tensors {ties(reference)} are not tied after meta + to_empty + load: "
+        f"{ties(module)}"
+    )
     inputs = entry.inputs(2, entry.lengths[-1])
     with torch.no_grad():
         assert_same(

@@ -3,8 +3,9 @@
 One :class:`~copied_code.Copied` entry per class: how to build a small instance
 and an input of a given batch size and length. ``tests/test_copied_code.py``
 runs every check of ``copied_code.CHECKS`` on each. Classes a chapter shows only
-to inventory them (no ``forward``), or only as the bug it then fixes, are not
-here.
+to inventory them (no ``forward``), only as the bug it then fixes, or only to
+show how torch treats them (chapter 16's ``TiedTable``: ``to_empty()`` unties its
+two buffer names, as it unties weights) are not here.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ REGISTRY: list[Copied] = [
         "Embedding",
         make=lambda ns: ns.Model(ns.Embedding()),
         example=token_ids(32),
-        reinit=rebuild_from_config,
+        reinit=init_buffers,
     ),
     Copied(
         "12_meta_init",
@@ -107,6 +108,8 @@ REGISTRY: list[Copied] = [
         example=floats(16),
         long_length=1024,
         reinit=init_buffers,
+        # The page: a module cast rounds inv_freq too; init_buffers restores it.
+        after_cast=init_buffers,
     ),
     Copied(
         "12_meta_init",
@@ -114,6 +117,14 @@ REGISTRY: list[Copied] = [
         make=lambda ns: ns.Attention(dim=16, window=8),
         example=floats(16),
         reinit=init_buffers,
+    ),
+    Copied(
+        "12_meta_init",
+        "TiedLM",
+        make=lambda ns: ns.TiedLM(vocab=10, dim=4),
+        example=token_ids(10),
+        # to_empty() unties the weights; the class's own tie_weights() re-ties them.
+        reinit=lambda module, _entry: module.tie_weights(),
     ),
     Copied(
         "13_compile_and_export",
@@ -134,19 +145,12 @@ REGISTRY: list[Copied] = [
         make=lambda ns: ns.RangeScaledFixed(),
         example=rows(4),
         rows_independent=False,
-        reinit=rebuild_from_config,
     ),
     Copied(
         "16_functional_buffers",
         "FixedStepCounter",
         make=lambda ns: ns.FixedStepCounter(),
         example=rows(4),
-    ),
-    Copied(
-        "16_functional_buffers",
-        "TiedTable",
-        make=lambda ns: ns.TiedTable(),
-        example=rows(2),
     ),
     Copied(
         "17_checkpointing_and_batchnorm",
