@@ -270,18 +270,6 @@ def train_steps(entry: Copied, module: nn.Module, steps: int = TRAINING_STEPS) -
         assert torch.isfinite(loss), f"step {step + 1}: the loss is {loss.item()}"
 
 
-def rebuild_from_config(module: nn.Module, entry: Copied) -> None:
-    """For a class with no re-init method: its non-persistent buffers, rebuilt.
-
-    What a reader does for such a class after ``to_empty``: construct it again on
-    the CPU (its ``__init__`` computes them from the configuration) and copy them.
-    """
-    rebuilt = dict(entry.build().named_buffers())
-    with torch.no_grad():
-        for name in non_persistent_buffers(module):
-            module.get_buffer(name).copy_(rebuilt[name])
-
-
 def ties(module: nn.Module) -> list[tuple[str, ...]]:
     """Groups of names that hold one and the same tensor (tied weights)."""
     groups: dict[int, list[str]] = {}

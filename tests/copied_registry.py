@@ -11,7 +11,7 @@ two buffer names, as it unties weights) are not here.
 from __future__ import annotations
 
 import torch
-from copied_code import Copied, Ranked, rebuild_from_config
+from copied_code import Copied, Ranked
 
 
 def reset_buffers(module, _entry):
