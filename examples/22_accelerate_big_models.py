@@ -19,13 +19,18 @@ it computed before. It needs ``accelerate`` (``pip install accelerate``).
 import os
 import tempfile
 import textwrap
+from pathlib import Path
 
 import torch
 from torch import nn
 
 try:
     import accelerate
-    from accelerate import disk_offload, init_empty_weights, load_checkpoint_and_dispatch
+    from accelerate import (
+        disk_offload,
+        init_empty_weights,
+        load_checkpoint_and_dispatch,
+    )
 except ModuleNotFoundError:
     msg = "This chapter needs accelerate: pip install accelerate"
     raise SystemExit(msg) from None
@@ -37,7 +42,9 @@ device = torch.device(
     or torch.accelerator.current_accelerator(check_available=True)
     or "cpu"
 )
-print(f"torch {torch.__version__}, accelerate {accelerate.__version__}, device: {device}")
+print(
+    f"torch {torch.__version__}, accelerate {accelerate.__version__}, device: {device}"
+)
 torch.manual_seed(123)
 
 
@@ -178,7 +185,7 @@ emptied.load_state_dict(checkpoint)
 kept_marker = bool((emptied.inv_freq == 1).all() and emptied.causal.all())
 
 with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "tiny_lm.pt")
+    path = Path(folder) / "tiny_lm.pt"
     torch.save(checkpoint, path)
     with init_empty_weights():
         dispatched = TinyLM().eval()
@@ -191,8 +198,12 @@ with torch.no_grad():
         ("assign=True", assigned),
         ("load_checkpoint_and_dispatch", dispatched),
     ):
-        print(f"{label:29} computes what the original did: {torch.equal(model(ids), expected)}")
-print("to_empty() replaced the computed buffers with new, uninitialised ones:", replaced)
+        print(
+            f"{label:29} computes what the original did: {torch.equal(model(ids), expected)}"
+        )
+print(
+    "to_empty() replaced the computed buffers with new, uninitialised ones:", replaced
+)
 print("the load then left them as they were (the marker is still there):", kept_marker)
 # sphinx_gallery_start_ignore
 with torch.no_grad():
@@ -241,7 +252,7 @@ except RuntimeError as error:
 
 dispatch_error = None
 with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "tiny_lm.pt")
+    path = Path(folder) / "tiny_lm.pt"
     torch.save(checkpoint, path)
     with init_empty_weights(include_buffers=True):
         model = TinyLM().eval()
@@ -269,9 +280,11 @@ with torch.no_grad():
 # sphinx_gallery_start_ignore
 with torch.no_grad():
     assert torch.equal(all_meta(ids), expected), "claim: rebuilt, the model computes"
-assert [n for n, _ in all_meta.named_buffers()] == ["inv_freq", "causal", "logit_scale"], (
-    "claim: assigning a tensor to a buffer's name keeps it a buffer"
-)
+assert [n for n, _ in all_meta.named_buffers()] == [
+    "inv_freq",
+    "causal",
+    "logit_scale",
+], "claim: assigning a tensor to a buffer's name keeps it a buffer"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -297,7 +310,7 @@ for offload_buffers in (False, True):
         print(f"offload_buffers={offload_buffers!s:5} {on}; same output: {same}")
         # sphinx_gallery_start_ignore
         assert same, "claim: the offloaded model computes the same"
-        assert where["inv_freq"] != "meta" and where["causal"] != "meta", (
+        assert "meta" not in (where["inv_freq"], where["causal"]), (
             "claim: non-persistent buffers stay in memory"
         )
         assert (where["logit_scale"] == "meta") == offload_buffers, (
