@@ -185,7 +185,7 @@ emptied.load_state_dict(checkpoint)
 kept_marker = bool((emptied.inv_freq == 1).all() and emptied.causal.all())
 
 with tempfile.TemporaryDirectory() as folder:
-    path = Path(folder) / "tiny_lm.pt"
+    path = str(Path(folder) / "tiny_lm.pt")  # accelerate wants a str
     torch.save(checkpoint, path)
     with init_empty_weights():
         dispatched = TinyLM().eval()
@@ -252,7 +252,7 @@ except RuntimeError as error:
 
 dispatch_error = None
 with tempfile.TemporaryDirectory() as folder:
-    path = Path(folder) / "tiny_lm.pt"
+    path = str(Path(folder) / "tiny_lm.pt")  # accelerate wants a str
     torch.save(checkpoint, path)
     with init_empty_weights(include_buffers=True):
         model = TinyLM().eval()
