@@ -254,7 +254,9 @@ assert meta_forward_error is None, (
 # The notebook blames "a matrix multiplication between a tensor on a GPU and a
 # tensor on a CPU". That is not what fails. ``queries @ keys.transpose(1, 2)``
 # multiplies two tensors computed from the moved weights, so both are on the
-# device. The first operation that touches the mask is ``masked_fill_``, and the
+# device. ``self.mask.bool()`` and its slice run on the CPU without complaint; the
+# first operation that combines the mask with a tensor on the device is
+# ``masked_fill_``, and the
 # message the notebook shows, "expected self and mask to be on the same device,
 # but got mask on cpu and self on cuda:0", names that method's arguments:
 # ``self`` is ``attn_scores`` and ``mask`` is its first argument.

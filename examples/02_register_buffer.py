@@ -231,8 +231,8 @@ assert torch.allclose(
 # ``torch.triu(torch.ones(...))`` made a tensor that does not require gradients,
 # not because it is a buffer: ``register_buffer`` keeps the tensor as it is
 # given. Register one that requires gradients and ``backward()`` fills its
-# ``.grad``, although the optimizer, which only sees ``parameters()``, still
-# never updates it:
+# ``.grad``, although an optimizer built from ``model.parameters()`` never
+# updates it:
 
 scale = torch.ones(2, device=device, requires_grad=True)
 scaled = nn.Module()
@@ -356,7 +356,8 @@ assert refit.scale.grad is not None, "claim: no_grad, then requires_grad_(), wor
 #   floating-point: see chapter 6).
 # - ``named_parameters()`` lists what the optimizer trains; ``named_buffers()``
 #   lists the rest of the state. A buffer gets no gradient by default (its
-#   tensor does not require one), and the optimizer never updates it.
+#   tensor does not require one), and an optimizer built from ``parameters()``
+#   never updates it.
 # - A buffer registered with ``requires_grad=True`` gets a gradient only while
 #   it is the tensor you registered: ``.double()`` or ``.to(another device)``
 #   outside ``torch.no_grad()`` make it a non-leaf whose ``.grad`` stays

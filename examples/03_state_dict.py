@@ -147,8 +147,9 @@ print(ca_with_buffer.mask)
 # ``torch.load(..., weights_only=True)`` matters: a ``.pt`` file is a pickle,
 # and unpickling an arbitrary object can run arbitrary code. With
 # ``weights_only=True`` (the default since torch 2.6, spelled out here for
-# older versions) torch's restricted unpickler only rebuilds tensors and plain
-# containers, which is all a state dict holds.
+# older versions) torch's restricted unpickler only rebuilds tensors, plain
+# containers and an allowlist of torch types (``torch.Size``, dtypes, and what
+# ``torch.serialization.add_safe_globals`` adds), which covers a state dict.
 
 with tempfile.TemporaryDirectory() as tmp:
     checkpoint_dir = Path(tmp)

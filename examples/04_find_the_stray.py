@@ -78,6 +78,9 @@ def show(text, width=100):
             if not all(lines[row][i - 1 : i + 1] == "  " for i in gaps):
                 break
             rows.append(row)
+        if not gaps:  # a rule with no columns under it: nothing to realign
+            lines[rule] = lines[rule][:width]
+            continue
         start = gaps[-1] + 1
         if max(len(lines[row]) for row in rows) > width:
             for row in rows:
@@ -228,7 +231,8 @@ assert [record.names for record in inv if not record.moved_by_to] == [
 # ``model.to(device)`` and before the first forward pass. It names every tensor
 # it finds that is not where the weights are. The check needs a second device
 # to move to: this build's accelerator if it has one, else the ``meta`` device,
-# which every torch build has and where ``.to()`` moves tensors as to any other.
+# which every torch build has and where ``.to()`` moves parameters and buffers as
+# it would to a GPU, with one difference shown below.
 #
 # One surprise on the way: a move to ``meta`` unties tied weights. torch updates
 # a parameter in place only when the old and the new tensor are of compatible

@@ -98,8 +98,8 @@ assert torch.equal(block.float_mask.float(), book_float_mask), (
 
 # %%
 # The floating-point buffers follow the cast, the bool and integer ones do not.
-# Only the float mask changing is harmless (0 and 1 are exact in every float
-# format); the rotary table is another story.
+# Only the float mask changing is harmless (0 and 1 are exact in float16,
+# bfloat16 and float32); the rotary table is another story.
 #
 # What bfloat16 does to a rotary table
 # ------------------------------------
@@ -280,7 +280,9 @@ assert not caught_again, "claim: torch issues the warning once per process"
 # -----------------------------
 # A T x T mask takes T² elements per layer that holds one: 4 bytes each in
 # float32, 1 byte as bool. ``scaled_dot_product_attention(..., is_causal=True)``
-# needs no mask tensor at all. These numbers are computed, not allocated: torch
+# stores no mask tensor: you keep none, and its fused kernels build none (the
+# math fallback, ``SDPBackend.MATH``, builds a T x T one on every call). These
+# numbers are computed, not allocated: torch
 # reports the size of a mask on the ``meta`` device, which holds no data.
 
 lengths = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
@@ -307,7 +309,7 @@ for length in lengths:
     float32_mask = mask_bytes(length, torch.float32)
     bool_mask = mask_bytes(length, torch.bool)
     print(
-        f"{length:>8,} {size(float32_mask):>13} {size(bool_mask):>10}  no mask tensor"
+        f"{length:>8,} {size(float32_mask):>13} {size(bool_mask):>10}  none stored"
     )
     # sphinx_gallery_start_ignore
     assert float32_mask == 4 * bool_mask == 4 * length**2, (
@@ -471,4 +473,4 @@ print(f"a float32 mask fits in 24 GiB up to T = {fits_until:,} tokens")
 # - ``is_causal=True`` equals the causal mask only when queries and keys have
 #   the same length; with fewer queries, use ``causal_lower_right``.
 # - A T x T mask grows with T²; a bool mask is four times smaller than float32,
-#   and ``scaled_dot_product_attention(is_causal=True)`` needs none.
+#   and ``scaled_dot_product_attention(is_causal=True)`` stores none.
