@@ -308,9 +308,7 @@ print(f"{'context':>8} {'float32 mask':>13} {'bool mask':>10}  is_causal=True")
 for length in lengths:
     float32_mask = mask_bytes(length, torch.float32)
     bool_mask = mask_bytes(length, torch.bool)
-    print(
-        f"{length:>8,} {size(float32_mask):>13} {size(bool_mask):>10}  none stored"
-    )
+    print(f"{length:>8,} {size(float32_mask):>13} {size(bool_mask):>10}  none stored")
     # sphinx_gallery_start_ignore
     assert float32_mask == 4 * bool_mask == 4 * length**2, (
         "claim: a T x T mask takes T² elements; bool is four times smaller"

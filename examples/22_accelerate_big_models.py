@@ -77,19 +77,25 @@ class TinyLM(nn.Module):
         self.reset_buffers()
 
     def reset_buffers(self):
-        """Recompute the non-persistent buffers where they are (not on meta)."""
+        """Recompute the non-persistent buffers where they are (not on meta).
+
+        Also after a dtype cast: ``.to(torch.bfloat16)`` rounds ``inv_freq`` too,
+        and this puts back a float32 one.
+        """
         if self.inv_freq.is_meta:
             return  # nothing to compute on meta; call again after materialising
+        steps = torch.arange(0, self.dim, 2, device=self.inv_freq.device).float()
+        self.inv_freq = 1.0 / 10000 ** (steps / self.dim)  # still the buffer
         with torch.no_grad():
-            steps = torch.arange(0, self.dim, 2, device=self.inv_freq.device)
-            self.inv_freq.copy_(1.0 / 10000 ** (steps.float() / self.dim))
             self.causal.copy_(torch.ones_like(self.causal).tril())
 
     def forward(self, ids):
         t = ids.shape[-1]
         x = self.embed(ids)
-        # Rotary positions in float32, whatever the model's dtype.
-        angles = torch.outer(torch.arange(t, device=x.device).float(), self.inv_freq)
+        # Angles in float32 (inv_freq is float32 unless the module was cast).
+        angles = torch.outer(
+            torch.arange(t, device=x.device).float(), self.inv_freq.float()
+        )
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         x = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -116,7 +122,8 @@ assert set(checkpoint) == {"embed.weight", "head.weight", "head.bias", "logit_sc
 # ``init_empty_weights()``: parameters on meta, buffers for real
 # --------------------------------------------------------------
 # By default (``include_buffers=False``) only the parameters go to ``meta``.
-# Buffers are created on the CPU, so ``__init__`` computes their values as usual,
+# Buffers are created on the default device (the CPU here), so ``__init__``
+# computes their values as usual,
 # and they take real memory: for a big model, a large mask is allocated at once.
 
 
@@ -206,6 +213,9 @@ print(
 )
 print("the load then left them as they were (the marker is still there):", kept_marker)
 # sphinx_gallery_start_ignore
+assert assigned.head.weight.data_ptr() == on_device["head.weight"].data_ptr(), (
+    "claim: assign=True makes the parameter be the checkpoint's tensor"
+)
 with torch.no_grad():
     assert torch.equal(assigned(ids), expected), "claim: assign=True gives the model"
     assert torch.equal(dispatched(ids), expected), "claim: dispatch gives the model"
@@ -292,9 +302,9 @@ assert [n for n, _ in all_meta.named_buffers()] == [
 # -------------------------------
 # When even the parameters do not fit, ``disk_offload`` keeps them in files and
 # brings each layer's weights to the execution device for its forward pass.
-# Buffers stay in memory unless ``offload_buffers=True``; with it, this
-# accelerate version offloads the buffers a ``state_dict`` holds and leaves the
-# non-persistent ones where they were.
+# Buffers stay in memory, on the execution device, unless ``offload_buffers=True``;
+# with it, this accelerate version offloads the buffers a ``state_dict`` holds
+# and keeps the non-persistent ones in memory, on the execution device.
 
 for offload_buffers in (False, True):
     model = TinyLM().eval()
@@ -310,8 +320,8 @@ for offload_buffers in (False, True):
         print(f"offload_buffers={offload_buffers!s:5} {on}; same output: {same}")
         # sphinx_gallery_start_ignore
         assert same, "claim: the offloaded model computes the same"
-        assert "meta" not in (where["inv_freq"], where["causal"]), (
-            "claim: non-persistent buffers stay in memory"
+        assert where["inv_freq"] == where["causal"] == device.type, (
+            "claim: non-persistent buffers stay in memory, on the execution device"
         )
         assert (where["logit_scale"] == "meta") == offload_buffers, (
             "claim: offload_buffers=True offloads the saved buffer"

@@ -167,9 +167,12 @@ REGISTRY: list[Copied] = [
     Copied(
         "22_accelerate_big_models",
         "TinyLM",
-        make=lambda ns: ns.TinyLM(vocab=50, dim=16, context_length=16),
+        make=lambda ns: ns.TinyLM(vocab=50, dim=16, context_length=1024),
         example=token_ids(50),
         reinit=reset_buffers,
+        long_length=1024,
+        # The page: a cast rounds inv_freq too; reset_buffers() puts float32 back.
+        after_cast=reset_buffers,
     ),
     Copied(
         "15_fsdp2_buffers",
