@@ -77,6 +77,25 @@ def nox_docs() -> list[str]:
     return [*launcher, "-s", "docs", "--envdir", str(ROOT / ".nox")]
 
 
+ALWAYS_WRITTEN = {"genindex.html", "search.html", "py-modindex.html", "404.html"}
+
+
+def page_times(repository: Path) -> dict[Path, int]:
+    """The published pages made from a source, with their modification times."""
+    site = repository / "docs" / "_build" / "html"
+    return {
+        path: path.stat().st_mtime_ns
+        for path in site.rglob("*.html")
+        if path.name not in ALWAYS_WRITTEN
+    }
+
+
+def written(before: dict[Path, int], repository: Path) -> int:
+    """How many of those pages the last build wrote again."""
+    after = page_times(repository)
+    return sum(after.get(path) != when for path, when in before.items())
+
+
 def append(path: Path, text: str) -> None:
     path.write_text(path.read_text() + text)
 
@@ -104,10 +123,16 @@ def main() -> None:
             "chapter edited": [], "chapter as script": [], "page edited": [],
         }  # fmt: skip
         print(f"{repeats} rounds of no-op rebuilds...", flush=True)
+        rewritten: list[int] = []  # pages each guide no-op wrote (should be 0)
         for _ in range(repeats):
             times["floor no-op"].append(timed(floor, Path(tmp)))
+            before = page_times(repository)
             times["sphinx-build no-op"].append(build(repository))
+            rewritten.append(written(before, repository))
+            before = page_times(repository)
             times["nox -s docs no-op"].append(timed(nox_docs(), repository))
+            rewritten.append(written(before, repository))
+        pages = len(page_times(repository))
         print(f"{repeats} rounds of edits...", flush=True)
         for attempt in range(repeats):
             append(repository / CHAPTER, f"\n# edit {attempt}\n")
@@ -121,6 +146,10 @@ def main() -> None:
     print(f"{'cold build':20} {cold:6.2f} s")
     for name, values in times.items():
         print(f"{name:20} {summary(values)}")
+    print(
+        f"pages written by the no-op rebuilds (of {pages}): "
+        + ", ".join(map(str, rewritten))
+    )
     fastest = {name: min(values) for name, values in times.items()}
     for name, target in (
         ("nox -s docs no-op", NOX_NO_OP_TARGET),

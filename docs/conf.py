@@ -55,6 +55,7 @@ extensions = [
     "site_links",
     "literal_links",
     "reader_downloads",
+    "thumbnails",  # chapter numbers on the gallery's cards, legible plot thumbnails
     "build_guard",  # staging, interrupted builds, device/torch changes (see module)
 ]
 templates_path = ["_templates"]

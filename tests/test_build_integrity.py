@@ -403,10 +403,20 @@ def test_banner_date_is_labelled_as_the_commits(
         "Outputs produced on cpu with torch X · commit 0123456789ab, "
         "committed 2026-01-01"
     )
+    # A bare sphinx-build (no SOURCE_DATE_EPOCH) in a clone dates the banner as
+    # nox -s docs does, by the last commit: same pages, none rewritten.
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    monkeypatch.chdir(ROOT)
+    epoch = subprocess.run(
+        ["git", "log", "-1", "--format=%ct"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    by_nox = build_info.build_date()
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert build_info.build_date() == by_nox
     # Outside git, without SOURCE_DATE_EPOCH: the day of the build, said so.
     monkeypatch.setattr(build_info, "build_commit", lambda: None)
     monkeypatch.setattr(build_info, "commit_epoch", lambda: None)
-    monkeypatch.delenv("SOURCE_DATE_EPOCH")
     assert " · built 20" in build_info.build_line(tmp_path / "cache.json")
 
 
