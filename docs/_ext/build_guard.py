@@ -264,7 +264,8 @@ def chapter_error(source: str, traceback: str) -> str:
     line (the innermost frame in the chapter's file) and the error's last line."""
     where = _project_path(source)
     frames = re.findall(r'File "([^"]+)", line (\d+)', traceback)
-    lines = [line for path, line in frames if Path(path).resolve() == Path(source)]
+    chapter = Path(source).resolve()
+    lines = [line for path, line in frames if Path(path).resolve() == chapter]
     if lines:
         where += f":{lines[-1]}"
     error = next(
