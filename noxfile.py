@@ -110,6 +110,12 @@ def docs(session: nox.Session) -> None:
         output = "preview"
     # SOURCE_DATE_EPOCH (last commit) and PYTHONHASHSEED, as nox -s repro checks.
     session.env.update(build_env())
+    # torch.compile's kernel cache stays with this clone's build (conf.py agrees),
+    # unless the caller chose a folder.
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        session.env["TORCHINDUCTOR_CACHE_DIR"] = str(
+            (BUILD / "torchinductor").resolve()
+        )
     sphinx_args = ["-n", "-W", "--keep-going", "-d", str(BUILD / f"doctrees-{output}")]
     paths = [str(DOCS), str(BUILD / output)]
     if "--serve" in session.posargs:
@@ -167,7 +173,7 @@ def repro(session: nox.Session) -> None:
 def build_checks(session: nox.Session) -> None:
     """The docs build under faults (hangs, Ctrl-C, failed chapters, two at once) on a tiny site."""
     install(session, "docs")
-    session.install("pytest>=8")
+    session.install("pytest>=8", "pytest-timeout>=2.3")  # the timeout in pyproject
     session.run("pytest", "tests/test_build_integrity.py", *session.posargs)
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratch_site import SOURCE_DATE_EPOCH, build, scratch_copy
+from scratch_site import build, build_env, scratch_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = Path("examples/02_register_buffer.py")
@@ -46,7 +46,9 @@ sphinx_gallery_conf = {
 
 
 def timed(command: list[str], cwd: Path) -> float:
-    env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PYTHONHASHSEED": "0"}
+    # The settings build() uses, so that the three builds see one banner (its date
+    # comes from SOURCE_DATE_EPOCH; the scratch copy has no git history of its own).
+    env = {**os.environ, **build_env()}
     start = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -73,6 +75,25 @@ def nox_docs() -> list[str]:
     nox = os.environ.get("GUIDE_NOX_PYTHON")
     launcher = [nox, "-m", "nox"] if nox else [shutil.which("nox") or "nox"]
     return [*launcher, "-s", "docs", "--envdir", str(ROOT / ".nox")]
+
+
+ALWAYS_WRITTEN = {"genindex.html", "search.html", "py-modindex.html", "404.html"}
+
+
+def page_times(repository: Path) -> dict[Path, int]:
+    """The published pages made from a source, with their modification times."""
+    site = repository / "docs" / "_build" / "html"
+    return {
+        path: path.stat().st_mtime_ns
+        for path in site.rglob("*.html")
+        if path.name not in ALWAYS_WRITTEN
+    }
+
+
+def written(before: dict[Path, int], repository: Path) -> int:
+    """How many of those pages the last build wrote again."""
+    after = page_times(repository)
+    return sum(after.get(path) != when for path, when in before.items())
 
 
 def append(path: Path, text: str) -> None:
@@ -102,10 +123,16 @@ def main() -> None:
             "chapter edited": [], "chapter as script": [], "page edited": [],
         }  # fmt: skip
         print(f"{repeats} rounds of no-op rebuilds...", flush=True)
+        rewritten: list[int] = []  # pages each guide no-op wrote (should be 0)
         for _ in range(repeats):
             times["floor no-op"].append(timed(floor, Path(tmp)))
+            before = page_times(repository)
             times["sphinx-build no-op"].append(build(repository))
+            rewritten.append(written(before, repository))
+            before = page_times(repository)
             times["nox -s docs no-op"].append(timed(nox_docs(), repository))
+            rewritten.append(written(before, repository))
+        pages = len(page_times(repository))
         print(f"{repeats} rounds of edits...", flush=True)
         for attempt in range(repeats):
             append(repository / CHAPTER, f"\n# edit {attempt}\n")
@@ -119,6 +146,10 @@ def main() -> None:
     print(f"{'cold build':20} {cold:6.2f} s")
     for name, values in times.items():
         print(f"{name:20} {summary(values)}")
+    print(
+        f"pages written by the no-op rebuilds (of {pages}): "
+        + ", ".join(map(str, rewritten))
+    )
     fastest = {name: min(values) for name, values in times.items()}
     for name, target in (
         ("nox -s docs no-op", NOX_NO_OP_TARGET),

@@ -55,6 +55,7 @@ extensions = [
     "site_links",
     "literal_links",
     "reader_downloads",
+    "thumbnails",  # chapter numbers on the gallery's cards, legible plot thumbnails
     "build_guard",  # staging, interrupted builds, device/torch changes (see module)
 ]
 templates_path = ["_templates"]
@@ -114,7 +115,17 @@ os.environ["IPYTHONDIR"] = str(KERNEL_PROFILE.parent)
 nb_execution_show_tb = True  # a failing cell's traceback, with its claim, in the log
 nb_render_markdown_format = "myst"  # so the cheat sheet's generated table renders
 
+if PREVIEW:
+    # Code cells that no kernel ran: their lexer from the kernelspec's language.
+    extensions.append("preview_lexer")
+
 # -- Gallery ------------------------------------------------------------------
+# torch.compile's inductor caches its kernels under the build folder (chapter 13),
+# not in a /tmp/torchinductor_<user> shared by every checkout; nox -s docs sets it
+# too, and a value set by the caller wins.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str((DOCS / "_build" / "torchinductor").resolve())
+)
 if PREVIEW:
     # The preview's pages replace the executed ones in auto_examples/; forget the
     # executed state so the next real build runs every chapter again.
@@ -152,6 +163,9 @@ sphinx_gallery_conf = {
         "CUDA builds)."
     ),
     "min_reported_time": 0,
+    # A failed chapter is a warning (failing -W) and build_guard closes the log with
+    # its file and line, instead of an "Extension error!" crash report.
+    "only_warn_on_example_error": True,
     # Its summary pages load DataTables from a CDN; each chapter shows its own time.
     "write_computation_times": False,
     "plot_gallery": not PREVIEW,

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
+import build_info
 from build_guard import deterministic_zip
 from gallery_hooks import imports_library
 from reproducible import compare_sites
@@ -41,7 +42,10 @@ def chapter(title: str, body: str = "") -> str:
     return (
         f'r"""\n{title}\n{"=" * len(title)}\n\nA tiny chapter.\n"""\n\n# %%\n'
         f"import os\n\n"
-        f'print("{title}: stamp", os.environ.get("TINY_STAMP", "none"))\n{body}'
+        f'print("{title}: stamp", os.environ.get("TINY_STAMP", "none"))\n'
+        'cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "unset")\n'
+        'print("inductor cache: ...", *cache.split(os.sep)[-3:], sep="/")\n'
+        f"{body}"
     )
 
 
@@ -91,11 +95,15 @@ def make_site(folder: Path) -> Path:
     return site
 
 
-def run_build(site: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_build(
+    site: Path, command: list[str] | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    # As a plain sphinx-build would run in a fresh shell: no inductor cache chosen.
+    inherited = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     return subprocess.run(
-        sphinx_command(site),
+        command or sphinx_command(site),
         cwd=site,
-        env={**os.environ, **build_env(), **env},
+        env={**inherited, **build_env(), **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -135,9 +143,50 @@ time.sleep(120)
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny site, built once; each scenario leaves it built and good."""
     folder = make_site(tmp_path_factory.mktemp("tiny") / "repo")
-    result = run_build(folder, TINY_STAMP="one")
+    # Not quiet: test_first_build_says_so reads its log.
+    verbose = [arg for arg in sphinx_command(folder) if arg != "-q"]
+    result = run_build(folder, verbose, TINY_STAMP="one")
     assert result.returncode == 0, result.stdout + result.stderr
+    (folder / "first-build.log").write_text(result.stdout + result.stderr)
     return folder
+
+
+def html_pages(site: Path) -> dict[str, int]:
+    """The published pages made from a source (not Sphinx's index and search
+    pages, which it writes on every build), with their modification times."""
+    always = {"genindex.html", "search.html", "py-modindex.html", "404.html"}
+    return {
+        str(path.relative_to(published(site))): path.stat().st_mtime_ns
+        for path in published(site).rglob("*.html")
+        if str(path.relative_to(published(site))) not in always
+    }
+
+
+def test_first_build_says_so_and_leaves_no_staging_folder(site: Path) -> None:
+    log = (site / "first-build.log").read_text()
+    assert "first build: running every chapter" in log
+    assert "unrecorded" not in log
+    build = site / "docs" / "_build"
+    assert (build / "html" / "index.html").is_file()
+    assert not (build / "html.staging").exists(), "the staging folder stayed behind"
+    assert not (build / "html.unfinished").exists()
+
+
+def test_no_op_rebuild_writes_no_page(site: Path) -> None:
+    before = html_pages(site)
+    assert len(before) >= 8
+    result = run_build(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = html_pages(site)
+    rewritten = sorted(name for name in before if after.get(name) != before[name])
+    assert rewritten == [], f"a no-op rebuild wrote {len(rewritten)} pages"
+    assert not (site / "docs" / "_build" / "html.staging").exists()
+
+
+def test_inductor_cache_stays_under_the_build_folder(site: Path) -> None:
+    # conf.py chooses it when the caller did not (nox -s docs sets the same).
+    expected = "inductor cache: .../docs/_build/torchinductor"
+    assert expected in page(site, "auto_examples/01_first")
 
 
 def test_second_build_in_same_folder_stops_at_once(site: Path) -> None:
@@ -174,11 +223,31 @@ def test_failed_chapter_runs_again_after_revert_and_site_stays_good(
     source = site / "examples" / "02_second.py"
     good = source.read_text()
     before = digest(published(site))
-    source.write_text(good + "print(undefined_name)\n")
+    # An authoring mistake in a text block, and an error in the code below it.
+    broken_source = good + (
+        "\n# %%\n# A sentence with a :fnc:`misspelt role` in it.\n\n"
+        "print(undefined_name)\n"
+    )
+    lines = broken_source.splitlines()
+    role_line = next(n for n, text in enumerate(lines, 1) if ":fnc:" in text)
+    error_line = lines.index("print(undefined_name)") + 1
+    source.write_text(broken_source)
     broken = run_build(site, TINY_STAMP="two")
     assert broken.returncode != 0
     assert "NameError" in broken.stderr
-    assert "02_second.py" in broken.stderr
+    # The role is reported at the chapter's line, not the generated .rst's.
+    assert (
+        f"examples/02_second.py:{role_line}: ERROR: Unknown interpreted text role"
+        in (broken.stderr)
+    ), broken.stderr
+    # One closing line: the chapter's file and line, and the site left alone.
+    assert broken.stderr.rstrip().splitlines()[-1] == (
+        f"build failed: examples/02_second.py:{error_line}: NameError: name "
+        "'undefined_name' is not defined; docs/_build/html was left as it was"
+    ), broken.stderr
+    output = broken.stdout + broken.stderr
+    assert "please open an issue" not in output
+    assert "Extension error" not in output
     # Item 6: the failed build left the previous good site as it was.
     assert digest(published(site)) == before
 
@@ -290,6 +359,65 @@ def test_interrupted_build_is_followed_by_the_same_site_as_a_clean_one(
     wrong, tolerated = compare_sites(published(site), published(clean))
     assert (wrong, tolerated) == ([], [])
     assert "lantern5" in (published(site) / "searchindex.js").read_text()
+
+
+def preview_command(site: Path) -> list[str]:
+    """What ``nox -s docs -- --preview`` runs (with GUIDE_PREVIEW=1)."""
+    build = site / "docs" / "_build"
+    return [
+        sys.executable, "-m", "sphinx", "-b", "html", "-n", "-W", "--keep-going", "-q",
+        "-d", str(build / "doctrees-preview"), str(site / "docs"), str(build / "preview"),
+    ]  # fmt: skip
+
+
+def test_preview_builds_and_a_failed_one_leaves_no_empty_folder(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "preview")
+    build = site / "docs" / "_build"
+    page0 = site / "docs" / "page0.md"
+    good = page0.read_text()
+    page0.write_text(good + "\nSee {doc}`no-such-page`.\n")
+    failed = run_build(site, preview_command(site), GUIDE_PREVIEW="1")
+    assert failed.returncode != 0
+    assert "no-such-page" in failed.stderr
+    assert failed.stderr.rstrip().splitlines()[-1].startswith("build failed: ")
+    assert not (build / "preview").exists(), "a failed preview left an empty folder"
+
+    page0.write_text(good)
+    result = run_build(site, preview_command(site), GUIDE_PREVIEW="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lexer" not in result.stderr
+    sheet = (build / "preview" / "sheet.html").read_text()
+    assert "PREVIEW" in sheet
+    assert 'class="highlight-python' in sheet, "the sheet's code is not highlighted"
+    assert "cell_output" not in sheet, "a preview ran code"
+    assert not (build / "preview.staging").exists()
+
+
+def test_banner_date_is_labelled_as_the_commits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(build_info, "outputs_made_with", lambda _: "cpu with torch X")
+    monkeypatch.setattr(build_info, "build_commit", lambda: "0123456789ab")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    assert build_info.build_line(tmp_path / "cache.json") == (
+        "Outputs produced on cpu with torch X · commit 0123456789ab, "
+        "committed 2026-01-01"
+    )
+    # A bare sphinx-build (no SOURCE_DATE_EPOCH) in a clone dates the banner as
+    # nox -s docs does, by the last commit: same pages, none rewritten.
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    monkeypatch.chdir(ROOT)
+    epoch = subprocess.run(
+        ["git", "log", "-1", "--format=%ct"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    by_nox = build_info.build_date()
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert build_info.build_date() == by_nox
+    # Outside git, without SOURCE_DATE_EPOCH: the day of the build, said so.
+    monkeypatch.setattr(build_info, "build_commit", lambda: None)
+    monkeypatch.setattr(build_info, "commit_epoch", lambda: None)
+    assert " · built 20" in build_info.build_line(tmp_path / "cache.json")
 
 
 def test_zips_are_rewritten_the_same_whatever_their_timestamps(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 * One build at a time per clone: a second one stops at once with "another build is
   running in this folder" (an ``fcntl`` lock on ``docs/_build/build.lock``).
-* Sphinx writes into ``<outdir>.staging``; only a build that succeeded (no exception,
-  no warning under ``-W``) is copied to ``<outdir>`` (``docs/_build/html``), so a
-  failed or interrupted build leaves the previous good site as it was.
+* Sphinx writes into ``<outdir>.staging``, a copy of the last good site; only a build
+  that succeeded (no exception, no warning under ``-W``) is moved to ``<outdir>``
+  (``docs/_build/html``), so a failed or interrupted build leaves the previous good
+  site as it was, and a good one leaves no staging folder behind.
 * A build that did not succeed leaves ``<outdir>.unfinished`` behind; the next build
   sees it and re-reads and re-writes every page (Sphinx itself would skip the pages
   it had read, and the search index would stay incomplete), and re-runs the
@@ -20,9 +21,11 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import glob
 import io
+import logging as stdlib_logging
 import os
 import re
 import shutil
@@ -34,7 +37,6 @@ from typing import IO, Any
 
 from gallery_hooks import TIMED_OUT
 from sphinx.application import Sphinx
-from sphinx.errors import ExtensionError
 from sphinx.util import logging
 
 logger = logging.getLogger(__name__)
@@ -171,6 +173,10 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     published = Path(app.outdir)
     staging = published.with_name(published.name + ".staging")
     unfinished = published.with_name(published.name + ".unfinished")
+    if published.is_dir() and not any(published.iterdir()):
+        # Sphinx made the output folder before this hook moved the output to the
+        # staging folder; a build that fails must not leave it behind, empty.
+        published.rmdir()
     if unfinished.exists():
         logger.info(
             "the last build of %s did not finish: re-reading and re-writing every "
@@ -178,6 +184,10 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
             published.name,
         )
         shutil.rmtree(staging, ignore_errors=True)
+    elif not staging.is_dir() and (published / ".buildinfo").is_file():
+        # Start from the last good site (copy2 keeps the files' times, which is how
+        # Sphinx tells which pages are up to date); publish() moves it back.
+        shutil.copytree(published, staging, symlinks=True)
     if not staging.is_dir():
         _fresh_environment(app)
     _rerun_unfinished_chapters(app)
@@ -187,12 +197,15 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     key = published.parent / OUTPUTS_KEY
     previous = key.read_text() if key.exists() else None
     if made_with and previous != made_with:
-        logger.info(
-            "outputs on disk were produced on %s, this build runs on %s: running "
-            "every chapter and the cheat sheet again",
-            previous or "an unrecorded device and torch",
-            made_with,
-        )
+        if previous is None:
+            logger.info("first build: running every chapter (on %s)", made_with)
+        else:
+            logger.info(
+                "outputs on disk were produced on %s, this build runs on %s: "
+                "running every chapter and the cheat sheet again",
+                previous,
+                made_with,
+            )
         for stamp in _gallery_files(app, "*.py.md5"):
             stamp.unlink()
         shutil.rmtree(_jupyter_cache(app, published), ignore_errors=True)
@@ -223,33 +236,166 @@ def deterministic_zip(path: Path, epoch: int) -> None:
         path.write_bytes(buffer.getvalue())
 
 
+def _failing_chapters(app: Sphinx) -> dict[str, str]:
+    """sphinx-gallery's failed chapters: ``{source path: traceback}``."""
+    return dict(app.config.sphinx_gallery_conf.get("failing_examples") or {})
+
+
 def _succeeded(app: Sphinx, exception: Exception | None) -> bool:
     # Under -W --keep-going Sphinx sets the failing status only after this event.
     warned = getattr(app, "_fail_on_warnings", False) and getattr(app, "_warncount", 0)
-    return exception is None and not app.statuscode and not warned
+    return (
+        exception is None
+        and not app.statuscode
+        and not warned
+        and not _failing_chapters(app)
+        and not TIMED_OUT
+    )
+
+
+def _project_path(path: str | Path) -> str:
+    """``examples/02_x.py``: relative to the working folder when inside it."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def chapter_error(source: str, traceback: str) -> str:
+    """``examples/02_x.py:17: NameError: name 'y' is not defined``: the chapter's own
+    line (the innermost frame in the chapter's file) and the error's last line."""
+    where = _project_path(source)
+    frames = re.findall(r'File "([^"]+)", line (\d+)', traceback)
+    chapter = Path(source).resolve()
+    lines = [line for path, line in frames if Path(path).resolve() == chapter]
+    if lines:
+        where += f":{lines[-1]}"
+    error = next(
+        (line.strip() for line in reversed(traceback.splitlines()) if line.strip()),
+        "failed",
+    )
+    return f"{where}: {error}"
+
+
+def rst_line_in_chapter(chapter: Path, rst: Path, line: int) -> int | None:
+    """The chapter line that a line of its generated ``.rst`` came from.
+
+    sphinx-gallery copies a chapter's text blocks into the ``.rst`` line by line,
+    without the leading ``# ``; the line whose text occurs once in the chapter is
+    found there. ``None`` when it cannot be told (generated lines, repeated text).
+    """
+    try:
+        text = rst.read_text().splitlines()[line - 1].strip()
+    except (OSError, IndexError):
+        return None
+    if not text:
+        return None
+    found = [
+        number
+        for number, source in enumerate(chapter.read_text().splitlines(), start=1)
+        if source.strip().removeprefix("#").strip() == text
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+class ChapterLocations(stdlib_logging.Filter):
+    """Report a problem Sphinx finds in a generated chapter page at the chapter's line.
+
+    ``docs/auto_examples/02_x.rst:49`` becomes ``examples/02_x.py:23``: the file an
+    author edits. Also keeps the build's first warning for the closing line.
+    """
+
+    def __init__(self, app: Sphinx) -> None:
+        super().__init__()
+        self.app = app
+        self.first_warning: str | None = None
+
+    def filter(self, record: stdlib_logging.LogRecord) -> bool:
+        location = getattr(record, "location", None)
+        if isinstance(location, str):
+            record.location = self.chapter_location(location)
+        if self.first_warning is None and record.levelno >= stdlib_logging.WARNING:
+            self.first_warning = record.getMessage().strip().splitlines()[0]
+        return True
+
+    def chapter_location(self, location: str) -> str:
+        match = re.fullmatch(r"(.*[/\\](\d\d_\w+)\.rst)(?::(\d+))?", location)
+        if not match:
+            return location
+        rst, stem, line = match.groups()
+        chapters = self.app.config.sphinx_gallery_conf.get(
+            "examples_dirs", "../examples"
+        )
+        chapters = [chapters] if isinstance(chapters, str) else list(chapters)
+        for folder in chapters:
+            chapter = (Path(self.app.srcdir) / folder / f"{stem}.py").resolve()
+            if chapter.is_file():
+                number = line and rst_line_in_chapter(chapter, Path(rst), int(line))
+                where = _project_path(chapter)
+                return f"{where}:{number}" if number else where
+        return location
+
+
+def _watch_warnings(app: Sphinx) -> None:
+    """Put a ``ChapterLocations`` after Sphinx's own location filter on its handlers."""
+    watcher = ChapterLocations(app)
+    app.guide_warnings = watcher  # type: ignore[attr-defined]
+    for handler in stdlib_logging.getLogger("sphinx").handlers:
+        if any(
+            type(f).__name__ == "WarningLogRecordTranslator" for f in handler.filters
+        ):
+            handler.addFilter(watcher)
+
+
+def report_failure(app: Sphinx, exception: Exception | None) -> None:
+    """After a build that failed: one closing line that says what and where.
+
+    The failing chapter's file and line (or the first warning), and that the
+    published site was left as it was. Printed when the process exits, after
+    Sphinx's own summary; sphinx-gallery's failure summary is a warning
+    (``only_warn_on_example_error``), not a crash report asking to file a bug.
+    """
+    published: Path | None = getattr(app, "guide_published", None)
+    if published is None or exception is not None or _succeeded(app, exception):
+        return
+    problems = [
+        chapter_error(source, traceback)
+        for source, traceback in sorted(_failing_chapters(app).items())
+    ]
+    problems += [m for m in TIMED_OUT if not any(m in p for p in problems)]
+    watcher = getattr(app, "guide_warnings", None)
+    if not problems and watcher is not None and watcher.first_warning:
+        problems = [watcher.first_warning]
+    app.statuscode = app.statuscode or 1
+    site = _project_path(published)
+    outcome = (
+        f"{site} was left as it was"
+        if published.exists()
+        else f"nothing was published to {site}"
+    )
+    line = (
+        f"build failed: {'; '.join(problems or ['see the messages above'])}; {outcome}"
+    )
+    atexit.register(print, line, file=sys.stderr, flush=True)
 
 
 def publish(app: Sphinx, exception: Exception | None) -> None:
     """After a build that succeeded: copy the staging folder over the published site."""
     published: Path | None = getattr(app, "guide_published", None)
+    # Not after a failed chapter, nor one that hit its limit and caught the
+    # TimeoutError (report_failure says which).
     if published is None or not _succeeded(app, exception):
         return
-    if TIMED_OUT:  # a chapter hit its limit, caught the TimeoutError and went on
-        raise ExtensionError("\n".join(TIMED_OUT))
     staging = Path(app.outdir)
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
     for archive in sorted(staging.rglob("*.zip")):
         deterministic_zip(archive, epoch)
-    fresh = published.with_name(published.name + ".new")
     old = published.with_name(published.name + ".old")
-    for leftover in (fresh, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    shutil.copytree(staging, fresh, symlinks=True)
+    shutil.rmtree(old, ignore_errors=True)
     # Two renames: a reader (or the live-reload server) sees the old site or the new
-    # one, never a half-written one.
+    # one, never a half-written one; the staging folder does not stay behind (the
+    # next build copies the published site to start from).
     if published.exists():
         published.rename(old)
-    fresh.rename(published)
+    staging.rename(published)
     shutil.rmtree(old, ignore_errors=True)
     if app.config.guide_outputs_made_with:
         (published.parent / OUTPUTS_KEY).write_text(app.config.guide_outputs_made_with)
@@ -262,7 +408,9 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # for builds that run no code.
     app.add_config_value("guide_outputs_made_with", "", "env", types=[str])
     app.connect("config-inited", prepare, priority=900)
+    app.connect("builder-inited", _watch_warnings)
     app.connect("env-get-outdated", drop_removed_pages)
     # Last of all build-finished handlers, after sphinx-gallery's failure summary.
     app.connect("build-finished", publish, priority=1000)
+    app.connect("build-finished", report_failure, priority=1001)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

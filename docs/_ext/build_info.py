@@ -56,9 +56,33 @@ def device_description() -> str:
     return str(device.type)
 
 
+def commit_epoch() -> str | None:
+    """The checkout's last commit time (seconds since 1970), or ``None`` outside git."""
+    try:
+        result = subprocess.run(
+            ["git", "log", "-1", "--format=%ct"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def dated_by_commit() -> bool:
+    """Whether the banner's date is a commit's: ``SOURCE_DATE_EPOCH`` (``nox -s docs``
+    sets it to the last commit's time) or, without it, the checkout's last commit."""
+    return bool(os.environ.get("SOURCE_DATE_EPOCH") or commit_epoch())
+
+
 def build_date() -> str:
-    """The build date, taken from ``SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    """``SOURCE_DATE_EPOCH``'s day, else the last commit's, else today's (no git).
+
+    A bare ``sphinx-build`` thus gives the banner ``nox -s docs`` gives: the same
+    page text, so a no-op rebuild after ``nox -s docs`` writes no page.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH") or commit_epoch()
     moment = (
         dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
         if epoch
@@ -117,9 +141,14 @@ def outputs_made_with(cache: Path) -> str:
 
 
 def build_line(cache: Path) -> str:
-    """One line for the top of every page."""
-    line = f"Outputs produced on {outputs_made_with(cache)} · built {build_date()}"
-    if commit := build_commit():
+    """One line for the top of every page: the date is the commit's, and says so;
+    outside a git checkout (no commit), the day of the build."""
+    line = f"Outputs produced on {outputs_made_with(cache)}"
+    commit = build_commit()
+    if commit and dated_by_commit():
+        return f"{line} · commit {commit}, committed {build_date()}"
+    line += f" · built {build_date()}"
+    if commit:
         line += f" · commit {commit}"
     return line
 

@@ -7,13 +7,17 @@ and all, as the ``.py`` download and inside the zips. After each build this
 rewrites the published copies (``_downloads/`` and ``notebooks/``): scripts lose
 their hidden blocks, and the notebooks of chapters that import the guide's
 library get a first cell that installs it (from the repository at the built
-commit, until the package is published). Zips get the same treatment.
+commit, until the package is published), and the Sphinx roles left in their
+Markdown (``:func:`pytorch_buffers.inventory` ``) become Markdown links to the
+page that documents the name. Zips get the same treatment.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +61,88 @@ def reader_notebook(text: str, install: dict[str, Any]) -> str:
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
 
 
-def _clean(name: str, data: bytes, install: dict[str, Any], users: set[str]) -> bytes:
+# :func:`name`, :py:class:`~a.b`, :doc:`text <page>`: a role as sphinx-gallery
+# leaves it in a notebook's Markdown.
+ROLE = re.compile(r":(?:py:)?(?P<role>[a-z]+):`(?P<body>[^`]+)`")
+CALLABLE_ROLES = {"func", "meth"}
+Resolve = Callable[[str, str], str | None]
+
+
+def markdown_role(role: str, body: str, resolve: Resolve) -> str:
+    """One role as Markdown: a code span (a link where ``resolve`` finds the page),
+    shown as Sphinx shows it (``~`` keeps the last name, ``()`` after callables)."""
+    explicit = re.fullmatch(r"(?P<text>.+?)\s*<(?P<target>[^>]+)>", body)
+    target = (explicit["target"] if explicit else body).lstrip("~!")
+    if explicit:
+        text = explicit["text"]
+    else:
+        text = target.rsplit(".", 1)[-1] if body.startswith("~") else target
+        if role in CALLABLE_ROLES:
+            text += "()"
+    label = text if role in {"doc", "ref"} else f"`{text}`"
+    url = resolve(role, target)
+    return f"[{label}]({url})" if url else label
+
+
+def notebook_links(text: str, resolve: Resolve) -> str:
+    """The notebook with the roles in its Markdown cells turned into Markdown."""
+    notebook = json.loads(text)
+    changed = False
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        source = "".join(cell["source"])
+        markdown = ROLE.sub(
+            lambda match: markdown_role(match["role"], match["body"], resolve), source
+        )
+        if markdown != source:
+            cell["source"] = markdown
+            changed = True
+    if not changed:
+        return text
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def site_resolver(app: Sphinx) -> Resolve:
+    """Absolute URLs on the published site (``html_baseurl``) for roles' targets:
+    this site's own objects and pages, else the linked docs (intersphinx)."""
+    base = app.config.html_baseurl.rstrip("/") + "/"
+    objects = app.env.get_domain("py").objects  # type: ignore[attr-defined]
+    from sphinx.ext.intersphinx import InventoryAdapter  # noqa: PLC0415
+
+    inventory = InventoryAdapter(app.env).main_inventory
+
+    def resolve(role: str, target: str) -> str | None:
+        if role == "doc":
+            return f"{base}{target.lstrip('/')}.html"
+        if target in objects:
+            entry = objects[target]
+            return f"{base}{entry.docname}.html#{entry.node_id}"
+        for kind, entries in inventory.items():
+            if kind.startswith("py:") and target in entries:
+                return str(entries[target].uri)
+        return None
+
+    return resolve
+
+
+def _clean(
+    name: str,
+    data: bytes,
+    install: dict[str, Any],
+    users: set[str],
+    resolve: Resolve | None = None,
+) -> bytes:
     stem, _, suffix = name.rpartition(".")
     if suffix == "py":
         return reader_script(data.decode(), name).encode()
-    if suffix == "ipynb" and Path(stem).name in users:
-        return reader_notebook(data.decode(), install).encode()
+    if suffix == "ipynb":
+        text = data.decode()
+        if resolve is not None:
+            text = notebook_links(text, resolve)
+        if Path(stem).name in users:
+            text = reader_notebook(text, install)
+        return text.encode()
     return data
 
 
@@ -71,11 +151,13 @@ def _rewrite(path: Path, data: bytes) -> None:
         path.write_bytes(data)
 
 
-def _rewrite_zip(path: Path, install: dict[str, Any], users: set[str]) -> None:
+def _rewrite_zip(
+    path: Path, install: dict[str, Any], users: set[str], resolve: Resolve
+) -> None:
     # build_guard.publish then gives every zip a fixed order and timestamps.
     with zipfile.ZipFile(path) as archive:
         members = [
-            (info, _clean(info.filename, archive.read(info), install, users))
+            (info, _clean(info.filename, archive.read(info), install, users, resolve))
             for info in archive.infolist()
         ]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -94,13 +176,14 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
     examples = Path(app.srcdir).parent / "examples"
     users = {path.stem for path in examples.glob("*.py") if imports_library(path)}
     out = Path(app.outdir)
+    resolve = site_resolver(app)
     for path in sorted(out.glob("_downloads/*/*.py")):
         _rewrite(path, _clean(path.name, path.read_bytes(), install, users))
     notebooks = [*out.glob("_downloads/*/*.ipynb"), *out.glob("notebooks/*.ipynb")]
     for path in sorted(notebooks):
-        _rewrite(path, _clean(path.name, path.read_bytes(), install, users))
+        _rewrite(path, _clean(path.name, path.read_bytes(), install, users, resolve))
     for path in sorted(out.glob("_downloads/*/*.zip")):
-        _rewrite_zip(path, install, users)
+        _rewrite_zip(path, install, users, resolve)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

@@ -3,13 +3,20 @@
 Each shows a causal mask and the chapter's key API on a mid-dark background
 that reads on both the light and the dark theme. Files are only rewritten when
 their bytes change, so a live-reload server does not see new files on each run.
+
+As a Sphinx extension it also gives the gallery's cards their chapter numbers,
+and the chapters that plot (6, 10) a drawn thumbnail: their figure, scaled down
+to a card, had text too small to read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import io
+import re
 from pathlib import Path
+from typing import Any
 
 BACKGROUND = "#24324a"
 CELL_OFF = "#3b4d6b"
@@ -22,9 +29,11 @@ THUMBNAILS = {
     "03_state_dict": ("state_dict()", "#4e9ee6"),
     "04_find_the_stray": ("find_strays()", "#b07aa1"),
     "05_non_persistent_buffers": ("persistent=False", "#76b7b2"),
+    "06_dtypes_and_memory": ("float32 vs bool", "#ff9d4d"),
     "07_batchnorm_and_optimizer": ("running_mean", "#edc948"),
     "08_llm_caches": ("k_cache, v_cache", "#ff9da7"),
     "09_ddp_buffers": ("broadcast_buffers", "#9c755f"),
+    "10_mask_cost": ("is_causal=True", "#79c7e3"),
     "11_evolving_buffers": ("_version", "#e15759"),
     "12_meta_init": ("to_empty()", "#8cd17d"),
     "13_compile_and_export": ("torch.compile", "#f1ce63"),
@@ -87,3 +96,53 @@ def write_thumbnails(folder: Path) -> None:
         if not path.exists() or path.read_bytes() != png:
             path.write_bytes(png)
     stamp.write_text(source)
+
+
+# Chapters whose thumbnail sphinx-gallery makes from a plot: the drawn one replaces it.
+PLOT_CHAPTERS = ("06_dtypes_and_memory", "10_mask_cost")
+
+
+def replace_plot_thumbnails(app: Any) -> None:
+    """Put the drawn thumbnail where sphinx-gallery wrote the plot's (after it ran).
+
+    Written only when the bytes differ, so an unchanged rebuild touches nothing.
+    """
+    drawn = Path(app.srcdir) / "_thumbnails"
+    thumbs = Path(app.srcdir) / "auto_examples" / "images" / "thumb"
+    for stem in PLOT_CHAPTERS:
+        source = drawn / f"{stem}.png"
+        target = thumbs / f"sphx_glr_{stem}_thumb.png"
+        if source.is_file() and target.is_file():
+            data = source.read_bytes()
+            if target.read_bytes() != data:
+                target.write_bytes(data)
+
+
+CARD = re.compile(
+    r"(:doc:`/auto_examples/(\d\d)_\w+`\s*\n\s*\n\.\. raw:: html\s*\n\s*\n"
+    r"\s*<div class=\"sphx-glr-thumbnail-title\">)"
+)
+
+
+def number_cards(app: Any, docname: str, source: list[str]) -> None:  # noqa: ARG001
+    """Each card of the chapters' index starts its title with the chapter's number.
+
+    Done on the text Sphinx reads, not the file sphinx-gallery wrote, so the file
+    (and its time) stays as sphinx-gallery left it.
+    """
+    if docname != "auto_examples/index":
+        return
+    source[0] = CARD.sub(
+        lambda match: (
+            f'{match[1]}<span class="guide-card-number">'
+            f"{html.escape(str(int(match[2])))}.</span> "
+        ),
+        source[0],
+    )
+
+
+def setup(app: Any) -> dict[str, Any]:
+    # After sphinx-gallery's own builder-inited handler has run the chapters.
+    app.connect("builder-inited", replace_plot_thumbnails, priority=900)
+    app.connect("source-read", number_cards)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
