@@ -32,7 +32,7 @@ THUMBNAILS = {
     "06_dtypes_and_memory": ("float32 vs bool", "#ff9d4d"),
     "07_batchnorm_and_optimizer": ("running_mean", "#edc948"),
     "08_llm_caches": ("k_cache, v_cache", "#ff9da7"),
-    "09_ddp_buffers": ("broadcast_buffers", "#9c755f"),
+    "09_ddp_buffers": ("forward_sync_buffers", "#9c755f"),
     "10_mask_cost": ("is_causal=True", "#79c7e3"),
     "11_evolving_buffers": ("_version", "#e15759"),
     "12_meta_init": ("to_empty()", "#8cd17d"),
