@@ -221,8 +221,41 @@ assert adjusted.num_batches_tracked.item() == naive.num_batches_tracked.item(), 
 # The running mean now follows the drift as the full-batch one does. Not
 # exactly: the micro-batch updates weigh the later micro-batches of a step more
 # than the earlier ones, and each micro-batch's variance comes from 16 rows,
-# not 64. The counter still counts micro-batches (it only matters with
-# ``momentum=None``, a cumulative average, where the adjustment does not apply).
+# not 64. The counter still counts micro-batches. With a momentum the counter
+# is only a count; with ``momentum=None`` BatchNorm keeps a cumulative average
+# instead and divides by the counter, and there is no momentum to adjust. There,
+# equal micro-batches give the full batches' running mean (the average of their
+# means is the batch mean), but not their running variance: each micro-batch's
+# variance is measured around its own mean from 16 rows, not around the batch
+# mean from 64.
+
+cumulative_full = running_stats(BATCH, momentum=None)
+cumulative_micro = running_stats(16, momentum=None)
+cumulative_gaps = {
+    name: (getattr(cumulative_micro, name) - getattr(cumulative_full, name))
+    .abs()
+    .max()
+    .item()
+    for name in ("running_mean", "running_var")
+}
+print(
+    "momentum=None, largest difference from full batches: "
+    f"running_mean {cumulative_gaps['running_mean']:.1e}, "
+    f"running_var {cumulative_gaps['running_var']:.1e}"
+)
+# sphinx_gallery_start_ignore
+assert cumulative_gaps["running_mean"] < 1e-4, (
+    f"claim: momentum=None, equal micro-batches keep the mean: {cumulative_gaps}"
+)
+assert cumulative_gaps["running_var"] > 100 * cumulative_gaps["running_mean"], (
+    f"claim: momentum=None, micro-batches still change the variance: {cumulative_gaps}"
+)
+assert cumulative_micro.num_batches_tracked.item() == 4 * EFFECTIVE_BATCHES, (
+    "claim: momentum=None, the counter counts micro-batches"
+)
+# sphinx_gallery_end_ignore
+
+# %%
 # And the momentum changes only the buffers: the gradients are the same as
 # before, still not the full batch's.
 

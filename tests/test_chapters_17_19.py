@@ -19,11 +19,14 @@ def test_checkpointing_and_batchnorm(run_chapter):
         "ratio",
         "table",
         "grad_mode_seen",
-        "[outside_numbers, fixed_numbers, compiled_numbers]",
+        "[outside_numbers, fixed_numbers, compiled_numbers, compiled_wrapped_numbers]",
         "refused",
+        "[reassigning.body[0].calls.item(),"
+        " reassigning.body[1].num_batches_tracked.item()]",
+        "list(fixed_model.state_dict())[:2]",
     )
     (numbers, loss_gap, counts, ratio, table, grad_mode, fixes,
-     refused) = run.facts  # fmt: skip
+     refused, reassigned, wrapped_keys) = run.facts  # fmt: skip
     plain, checkpointed = numbers
     # Checkpointing counts every training step twice and moves the statistics ...
     assert plain["num_batches_tracked"] == 5
@@ -48,6 +51,10 @@ def test_checkpointing_and_batchnorm(run_chapter):
         assert fixed["num_batches_tracked"] == 5
         assert fixed["running_mean"] < 1e-5
         assert fixed["running_var"] < 1e-5
+    # Checkpointed puts back buffers replaced by forward, not only updated in place.
+    assert reassigned == [5, 5]
+    # The wrapper prefixes its state_dict keys.
+    assert wrapped_keys == ["body.0.weight", "body.0.bias"]
     assert refused.startswith("ValueError: Passing `context_fn`")
     assert "ValueError: Passing `context_fn`" in run.stdout
     assert "torch 2." in run.stdout
@@ -84,6 +91,31 @@ def test_checkpointed_updates_buffers_once():
     assert body[1].num_batches_tracked.item() == 4
 
 
+class ReplacesBuffer(torch.nn.Module):
+    """Counts training calls by replacing a non-persistent buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long), False)
+
+    def forward(self, x):
+        if self.training:
+            self.calls = self.calls + 1
+        return x.sin()  # saves x for backward, so backward recomputes
+
+
+def test_checkpointed_puts_back_replaced_buffers():
+    """A nested buffer that forward replaces is put back, and stays non-persistent."""
+    chapter = definitions("17_checkpointing_and_batchnorm")
+    body = torch.nn.Sequential(torch.nn.Sequential(ReplacesBuffer()))
+    wrapped = chapter.Checkpointed(body)
+    for _ in range(3):
+        wrapped(torch.ones(2, 3, requires_grad=True)).sum().backward()
+    assert body[0][0].calls.item() == 3
+    assert "body.0.0.calls" not in wrapped.state_dict()
+    assert [name for name, _ in wrapped.named_buffers()] == ["body.0.0.calls"]
+
+
 def test_accumulation_and_batchnorm(run_chapter):
     run = run_chapter(
         "18_accumulation_and_batchnorm",
@@ -97,9 +129,11 @@ def test_accumulation_and_batchnorm(run_chapter):
         "by_size",
         "[untracked_gap, list(dict(untracked.named_buffers()))]",
         "torch.allclose(in_batch, alone)",
+        "cumulative_gaps",
+        "cumulative_micro.num_batches_tracked.item()",
     )
     (counts, gaps_full, gaps, drift_counts, mean_gaps, momentum, same_gradient,
-     by_size, untracked, eval_same) = run.facts  # fmt: skip
+     by_size, untracked, eval_same, cumulative, cumulative_count) = run.facts  # fmt: skip
     # One count per micro-batch, and outputs and gradients that differ.
     assert counts == [1, 4]
     assert min(gaps_full) > 0.01
@@ -121,6 +155,11 @@ def test_accumulation_and_batchnorm(run_chapter):
     assert untracked[1] == []
     assert not eval_same
     assert "num_batches_tracked 4" in run.stdout
+    # momentum=None: a cumulative average over micro-batches keeps the mean of
+    # equal micro-batches, not their variance, and still counts micro-batches.
+    assert cumulative["running_mean"] < 1e-4
+    assert cumulative["running_var"] > 1e-3
+    assert cumulative_count == 40
 
 
 def test_buffers_with_history(run_chapter):

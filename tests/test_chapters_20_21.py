@@ -24,7 +24,7 @@ def test_ensembles_with_torch_func(run_chapter):
         "type(single_error).__name__",
         "passed_anyway['1.num_batches_tracked'].tolist()",
         "torch.allclose(params['0.weight'].grad, loop_grad, rtol=1e-4, atol=1e-6)",
-        "[t.grad is None for t in buffers.values()]",
+        "[t.grad is None for t in stacked_buffers.values()]",
         "torch.allclose(from_stack, from_members, rtol=1e-4, atol=1e-5)",
     )
     (names, shapes, buffer_grads, leaves, copies, per_member, counters,
