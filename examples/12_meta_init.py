@@ -28,7 +28,10 @@ from torch import nn
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    install = 'pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    install = (
+        'pip install "pytorch-buffers @ '
+        'git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    )
     msg = f"This chapter needs the pytorch_buffers library: {install}"
     raise SystemExit(msg) from None
 
@@ -95,6 +98,9 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("index", offsets, persistent=False)
 
     def forward(self, length):
+        if length > self.window:  # index covers window x window positions
+            msg = f"at most window={self.window} tokens, got {length}"
+            raise ValueError(msg)
         return self.table[self.index[:length, :length]]
 
 
@@ -131,6 +137,12 @@ non_persistent = ["rotary.inv_freq", "bias.index"]
 assert not set(non_persistent) & set(checkpoint), (
     "claim: the non-persistent buffers are not in the checkpoint"
 )
+try:
+    reference(torch.zeros(1, reference.bias.window + 1, 16, device=device))
+    too_long_refused = False
+except ValueError:
+    too_long_refused = True
+assert too_long_refused, "claim: a sequence longer than the window is refused clearly"
 # sphinx_gallery_end_ignore
 
 # %%
@@ -328,8 +340,10 @@ assert positions_bf16.unique().numel() < 1024, "claim: bf16 positions collapse"
 # dtype fails in a second way after ``init_buffers``, which makes a float32
 # ``inv_freq``: the angles, and with them the rotated queries and keys, come
 # out in float32, and the attention's matrix product with the ``bfloat16``
-# values raises a dtype mismatch.) On a ``bfloat16`` input of 1024 tokens it stays within
-# ``bfloat16``'s rounding of the float32 result, at the last positions too:
+# values raises a dtype mismatch.) On a ``bfloat16`` input of 1024 tokens its
+# error at the last positions is that of a few ``bfloat16`` roundings: compare
+# the figure printed here with the one further down, where ``inv_freq`` itself
+# was rounded to ``bfloat16``:
 
 rotary = Rotary(16).to(device)
 long_x = torch.randn(1024, 16, device=device)  # (tokens, head_dim)
@@ -384,6 +398,9 @@ assert cast_error > 10 * recomputed_error, (
     "claim: a cast inv_freq drifts at late tokens"
 )
 assert cast.inv_freq.dtype == torch.float32, "claim: init_buffers restores float32"
+assert late_error * 10 < cast_error, (
+    "claim: float32 positions and inv_freq err far less than a bf16 inv_freq"
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -534,11 +551,13 @@ assert copies_now, "claim: without the flag the load copies again"
 # Load each model from its own ``torch.load`` (or remove the flag, as above)
 # when models must not share weights.
 #
-# **Tied weights come apart, with ``to_empty()`` too.** A language model
-# whose output layer shares the embedding's weight holds one parameter under
-# two names. Both ``to_empty()`` and ``assign=True`` set each name's tensor
-# on its own, and the two names then hold two tensors: equal after a load,
-# but trained apart. Tie them again afterwards:
+# **Tied weights come apart, with ``to_empty()`` too** (with torch's default
+# setting, under which ``torch.__future__.get_swap_module_params_on_conversion()``
+# is ``False``). A language model whose output layer shares the embedding's
+# weight holds one parameter under two names. Both ``to_empty()`` and
+# ``assign=True`` then set each name's tensor on its own, and the two names
+# hold two tensors: equal after a load, but trained apart. Tie them again
+# afterwards:
 
 
 class TiedLM(nn.Module):
@@ -572,9 +591,41 @@ for label, lm in [("to_empty + load", emptied), ("assign=True", tied_assigned)]:
     print(f"{'':16} after tie_weights(): {lm.head.weight is lm.embed.weight}")
 
 # sphinx_gallery_start_ignore
+assert not torch.__future__.get_swap_module_params_on_conversion(), (
+    "claim: torch's default does not swap module parameters on conversion"
+)
 assert not any(ties.values()), f"claim: both recipes untie the weights: {ties}"
 assert emptied.head.weight is emptied.embed.weight, "claim: tie_weights re-ties"
 assert len(list(emptied.parameters())) == 1, "claim: one parameter again"
+# sphinx_gallery_end_ignore
+
+# %%
+# With ``torch.__future__.set_swap_module_params_on_conversion(True)``, both
+# recipes swap each tensor's contents in place instead
+# (``torch.utils.swap_tensors``), and in torch 2.13 the tie survives both:
+
+torch.__future__.set_swap_module_params_on_conversion(True)
+try:
+    with torch.device("meta"):
+        swapped_emptied = TiedLM()
+        swapped_assigned = TiedLM()
+    swapped_emptied.to_empty(device=device)
+    swapped_emptied.load_state_dict(tied_checkpoint)
+    swapped_assigned.load_state_dict(tied_checkpoint, assign=True)
+finally:
+    torch.__future__.set_swap_module_params_on_conversion(False)  # the default
+swapped_ties = {}
+for label, lm in [
+    ("to_empty + load", swapped_emptied),
+    ("assign=True", swapped_assigned),
+]:
+    swapped_ties[label] = lm.head.weight is lm.embed.weight
+    print(f"{label:16} still tied, swapping: {swapped_ties[label]}")
+
+# sphinx_gallery_start_ignore
+assert all(swapped_ties.values()), f"claim: swapping keeps the tie: {swapped_ties}"
+assert torch.equal(swapped_assigned.embed.weight, tied_checkpoint["embed.weight"])
+assert torch.equal(swapped_emptied.embed.weight, tied_checkpoint["embed.weight"])
 # sphinx_gallery_end_ignore
 
 # %%
@@ -613,6 +664,8 @@ checkpoint_dir.cleanup()
 #   ``meta``, where using them raises instead of computing with garbage; they
 #   still need their initialisation. It also adopts the checkpoint's dtype,
 #   marks the dictionary's ``_metadata`` so later loads of it assign too, and,
-#   like ``to_empty()``, unties tied weights: tie them again.
+#   like ``to_empty()``, unties tied weights (unless
+#   ``torch.__future__.set_swap_module_params_on_conversion(True)`` was
+#   called): tie them again.
 # - In ``bfloat16``, compute positions and rotary angles in float32 (bf16
 #   cannot count past 256), and run ``init_buffers`` again after a dtype cast.

@@ -120,7 +120,7 @@ print(
 print("Dynamo:", inductor_counts)
 if Path(cache_dir()) == Path(default_cache_dir()).absolute():
     print("inductor's cache (torch's default):", cache_dir())
-else:  # TORCHINDUCTOR_CACHE_DIR was set (the docs build sets one of its own)
+else:  # the environment variable TORCHINDUCTOR_CACHE_DIR names another folder
     print("inductor's cache (TORCHINDUCTOR_CACHE_DIR):", os.path.relpath(cache_dir()))
     print("without TORCHINDUCTOR_CACHE_DIR it would be:", default_cache_dir())
 print(
@@ -184,7 +184,8 @@ assert dynamo_counts() == inductor_counts, "claim: same capture with backend=eag
 # autograd unless it runs under ``torch.no_grad()``. The same class without
 # that block, trained for three steps behind a ``Linear`` layer, eagerly and
 # compiled (``backend="aot_eager"``: Dynamo and AOTAutograd, which builds the
-# backward graph, without inductor's code generation):
+# backward graph, without inductor's code generation), and once more with the
+# step counter a float tensor instead of an integer one:
 
 
 class RunningMeanWithGraph(RunningMean):
@@ -192,6 +193,12 @@ class RunningMeanWithGraph(RunningMean):
         self.steps += 1
         self.mean.lerp_(x.mean(dim=0), 1.0 / self.steps)
         return x - self.mean
+
+
+class RunningMeanWithGraphFloatCounter(RunningMeanWithGraph):
+    def __init__(self, dim=4):
+        super().__init__(dim)
+        self.steps = torch.tensor(0.0)  # still a buffer: a float one, not int64
 
 
 first_layer = nn.Linear(4, 4).to(device)  # every run starts from these weights
@@ -219,7 +226,11 @@ def train_three_steps(statistic_class, backend=None):
 
 
 training = {}
-for statistic_class in (RunningMeanWithGraph, RunningMean):
+for statistic_class in (
+    RunningMeanWithGraph,
+    RunningMeanWithGraphFloatCounter,
+    RunningMean,
+):
     for backend in (None, "aot_eager"):
         fresh_compiler()
         label = f"{statistic_class.__name__}, {backend or 'eager mode'}"
@@ -256,8 +267,16 @@ assert training["RunningMeanWithGraph, eager mode"][2].startswith("step 2:"), (
     "claim: without no_grad, eager training fails at the second step"
 )
 assert training["RunningMeanWithGraph, aot_eager"][2].startswith("step 1:"), (
-    "claim: without no_grad, compiled training fails at the first step"
+    "claim: with an int64 counter, compiled training fails at the first step"
 )
+assert "could not infer output dtype" in training["RunningMeanWithGraph, aot_eager"][2]
+assert training["RunningMeanWithGraph, aot_eager"][2].endswith("Got: Long"), (
+    "claim: the first-step error is about an integer (Long) tensor"
+)
+for backend in ("eager mode", "aot_eager"):
+    assert training[f"RunningMeanWithGraphFloatCounter, {backend}"][2].startswith(
+        "step 2: RuntimeError: Trying to backward through the graph a second time"
+    ), f"claim: with a float counter, {backend} fails at step 2, on the freed graph"
 assert isinstance(training["RunningMean, eager mode"][2], list), "claim: trains"
 assert isinstance(training["RunningMean, aot_eager"][2], list), "claim: compiled too"
 assert compiled_training_counts == {"graphs": 1, "graph breaks": 0, "gave up": 0}, (
@@ -271,7 +290,11 @@ assert compiled_net[1].steps.item() == 3, "claim: the counter counted three step
 # %%
 # Eagerly, the first step's update records a graph into ``mean``, and the
 # second step's backward pass runs into that graph, already freed by the
-# first. Compiled, it fails at once. With the updates under
+# first. Compiled, in torch 2.13, it fails at the first step with another
+# error: ``mean()`` refuses a ``Long`` tensor, and the integer step counter is
+# the cause, since with a float counter the compiled module gets through the
+# first step and fails at the second, on the freed graph, like eager mode.
+# Either way the fix is the same: with the updates under
 # ``torch.no_grad()`` both train, and the compiled module computes what eager
 # mode does, in one graph. That graph is for one batch size. A batch of
 # another size makes Dynamo compile once more, with the batch size as a
@@ -554,6 +577,11 @@ try:
 except RuntimeError:
     cache_refused = True
 assert cache_refused, "claim: the cache refuses a key that needs a gradient"
+scratch = KeyCache().to(device)  # the write forward refuses, done by hand
+scratch.k_cache[:, 0:1] = torch.ones(1, 1, 4, device=device, requires_grad=True)
+assert scratch.k_cache.grad_fn is not None, (
+    "claim: a write from a key that needs a gradient puts autograd's graph in the buffer"
+)
 # sphinx_gallery_end_ignore
 
 # %%
@@ -711,7 +739,9 @@ torch._dynamo.reset()
 #   new batch size costs one recompile (automatic dynamic shapes), a batch of
 #   one another.
 # - Update statistics under ``torch.no_grad()``: without it, training fails
-#   (eagerly at the second step, compiled at the first).
+#   at the second step, whose backward pass meets the first step's freed
+#   graph (compiled with an integer counter, in torch 2.13, already at the
+#   first, on ``mean()`` of a ``Long`` tensor).
 # - Reassigning a buffer (``self.mean = ...``) compiles too, but replaces the
 #   tensor every call: references held elsewhere stop following it. Prefer
 #   in-place updates (``add_``, ``lerp_``, ``copy_``, slice assignment).

@@ -201,9 +201,9 @@ assert "use_buffers=True" in AveragedModel.__doc__, "claim: torch's docs show th
 # and here the layer is the first BatchNorm and the batches have the same size.
 # The running variance is close but not exact: ``update_bn`` averages the eight
 # per-batch (unbiased) variances, which is not the variance over all the data,
-# and is off in either direction (some features above it, some below). Whether it lowers the loss depends on the model and data (the
-# lines above say what it did here); that the statistics then belong to the
-# weights does not.
+# and is off in either direction (some features above it, some below). Whether
+# it lowers the loss depends on the model and data (the lines above say what it
+# did here); that the statistics then belong to the weights does not.
 
 # %%
 # Saving the averaged model
@@ -499,6 +499,7 @@ recipe_ema = AveragedModel(
 copying_ema = AveragedModel(
     indexed, multi_avg_fn=ema_floats_copy_rest(0.9), use_buffers=True
 )
+swa_default = AveragedModel(indexed, use_buffers=True)  # torch's default average
 optimizer = torch.optim.SGD(indexed.parameters(), lr=0.1, momentum=0.9)
 for _ in range(3):
     for x, y in batches:
@@ -507,12 +508,14 @@ for _ in range(3):
         optimizer.step()
         recipe_ema.update_parameters(indexed)
         copying_ema.update_parameters(indexed)
+        swa_default.update_parameters(indexed)
 
 print(f"{'':32} {'num_batches_tracked':>19}  index")
 for label, network in [
     ("live model", indexed),
     ("EMA, get_ema_multi_avg_fn", recipe_ema.module),
     ("EMA, floats averaged, rest copied", copying_ema.module),
+    ("SWA, the default average", swa_default.module),
 ]:
     count = network[1].num_batches_tracked.item()
     print(f"{label:33} {count:>19}  {network.index.tolist()}")
@@ -537,9 +540,19 @@ assert all(
         recipe_ema.module.parameters(), copying_ema.module.parameters(), strict=True
     )
 ), "claim: both EMAs average the floating-point tensors alike"
+assert swa_default.module[1].num_batches_tracked.item() == 1 < live_count, (
+    "claim: the default average keeps num_batches_tracked at its first copy, 1"
+)
 # sphinx_gallery_end_ignore
 
 # %%
+# The default average (``AveragedModel`` without ``multi_avg_fn``, the
+# running mean of SWA) breaks integer buffers too, in its own way: with
+# ``use_buffers=True`` its ``num_batches_tracked`` keeps the 1 it copied at the
+# first update while the live model's count goes on. Copying the integer
+# buffers instead of averaging them, as ``ema_floats_copy_rest`` does, keeps
+# them equal to the live model's.
+#
 # ``AveragedModel``'s own docstring shows the EMA recipe as
 # ``AveragedModel(model, get_ema_multi_avg_fn(0.9), use_buffers=True)``:
 # the averaging function passed positionally. The second positional
@@ -563,7 +576,10 @@ try:
     docstring_error = None
 except TypeError as error:
     docstring_error = error
-    print(textwrap.fill(f"{type(error).__name__}: {str(error).splitlines()[0]}", 100))
+    first, *signatures = str(error).splitlines()  # torch lists each signature
+    print(textwrap.fill(f"{type(error).__name__}: {first}", 100))
+    print(textwrap.fill(signatures[0], 100, subsequent_indent="     "))
+    print(f" (and {len(signatures) - 1} more signatures)")
 
 # sphinx_gallery_start_ignore
 assert averaged_parameters[:3] == ["self", "model", "device"], (
@@ -572,9 +588,13 @@ assert averaged_parameters[:3] == ["self", "model", "device"], (
 assert list(inspect.signature(update_bn).parameters) == ["loader", "model", "device"], (
     "claim: update_bn(loader, model, device=None)"
 )
-assert any("get_ema_multi_avg_fn(0.9), use_buffers=True)" in line
-           for line in docstring_example), "claim: the docstring passes it positionally"  # fmt: skip
+assert any(
+    "get_ema_multi_avg_fn(0.9), use_buffers=True)" in line for line in docstring_example
+), "claim: the docstring passes it positionally"
 assert docstring_error is not None, "claim: the docstring's call raises"
+assert "torch.device device" in str(docstring_error).splitlines()[1], (
+    "claim: to()'s first signature takes a device: the function landed there"
+)
 # sphinx_gallery_end_ignore
 
 # %%

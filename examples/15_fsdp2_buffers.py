@@ -177,7 +177,9 @@ def rank_report(rank):
     # (variance + mean**2) minus the pooled mean squared: averaging the
     # variances alone would leave out how far apart the ranks' means are.
     norm = model.norm
-    seen = torch.tensor(float(16 * STEPS))  # samples this rank trained on
+    # samples this rank trained on, on the buffers' device: NCCL reduces only
+    # tensors on the GPU (gloo, here, takes CPU tensors)
+    seen = torch.tensor(float(16 * STEPS), device=norm.running_mean.device)
     total = seen.clone()
     dist.all_reduce(total)  # in place: the sum over the ranks
     share = seen / total

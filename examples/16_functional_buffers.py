@@ -4,12 +4,13 @@ Buffers in functional code
 
 ``torch.func.functional_call(module, tensors, args)`` runs a module with
 tensors you pass in place of its own parameters and buffers, leaving the
-module's tensors you replaced untouched. It is how ``torch.func`` computes per-sample gradients, how model
-ensembles are run with ``vmap``, and how meta-learning code evaluates a model
-at other weights. Parameters are simple there: nothing writes to them in
-``forward``. Buffers are where it gets subtle: which ones are used, where an
-update made in ``forward`` goes, and what happens to a buffer that ``forward``
-*reassigns*. This chapter asks torch each question and prints its answer.
+module's tensors you replaced untouched. It is how ``torch.func`` computes
+per-sample gradients, how model ensembles are run with ``vmap``, and how
+meta-learning code evaluates a model at other weights. Parameters are simple
+there: nothing writes to them in ``forward``. Buffers are where it gets
+subtle: which ones are used, where an update made in ``forward`` goes, and
+what happens to a buffer that ``forward`` *reassigns*. This chapter asks torch
+each question and prints its answer.
 """
 
 # %%
@@ -103,7 +104,8 @@ try:
 except RuntimeError as error:
     strict_error = error
     print(f"strict=True: {type(error).__name__}:")
-    print(textwrap.fill(str(error), 100))
+    for line in str(error).splitlines():  # torch's own line breaks, kept
+        print(textwrap.fill(line, 100, subsequent_indent="    ") or line)
 # sphinx_gallery_start_ignore
 assert strict_error is not None, "claim: strict=True rejects unknown and missing keys"
 assert "Unexpected" in str(strict_error), "claim: strict=True names the unknown key"
@@ -238,7 +240,8 @@ try:
 except RuntimeError as error:
     unstacked_error = error
     print(f"unstacked buffers: {type(error).__name__}:")
-    print(textwrap.fill(str(error), 100))
+    for line in str(error).splitlines():  # torch's own line breaks, kept
+        print(textwrap.fill(line, 100, subsequent_indent="    ") or line)
 
 # sphinx_gallery_start_ignore
 assert unstacked_error is not None, (
@@ -347,7 +350,8 @@ try:
 except ValueError as error:
     both_error = error
     print(f"both names given: {type(error).__name__}:")
-    print(textwrap.fill(str(error), 100))
+    for line in str(error).splitlines():  # torch's own line breaks, kept
+        print(textwrap.fill(line, 100, subsequent_indent="    ") or line)
 same_out = functional_call(tied, {"table": zeros, "alias": zeros}, (zeros,))
 # sphinx_gallery_start_ignore
 assert tied_out.tolist() == [10.0, 10.0], "claim: tie_weights swaps the alias too"
@@ -382,9 +386,10 @@ every_name_out = functional_call(
 # ``named_buffers(recurse=False)`` lists a module's own buffers and not its
 # children's, which is what you want when walking a model module by module
 # (``named_modules()`` then each module's own buffers) so no buffer is listed
-# under both a parent and its child. ``nn.Buffer(tensor)`` assigned as an attribute registers a buffer, as
-# ``offset`` above shows; its ``persistent`` argument defaults to ``True``, so
-# it is saved in ``state_dict()`` like ``register_buffer``'s default.
+# under both a parent and its child. ``nn.Buffer(tensor)`` assigned as an
+# attribute registers a buffer, as ``offset`` above shows; its ``persistent``
+# argument defaults to ``True``, so it is saved in ``state_dict()`` like
+# ``register_buffer``'s default.
 
 outer = nn.Sequential(tied, nn.BatchNorm1d(2)).to(device)
 outer.register_buffer("scale", torch.ones(()), persistent=False)

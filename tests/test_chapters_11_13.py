@@ -200,10 +200,14 @@ def test_meta_init(run_chapter):
         "[shares_again, copies_now]",
         "ties",
         "emptied.head.weight is emptied.embed.weight",
+        "[torch.__future__.get_swap_module_params_on_conversion(), swapped_ties]",
+        "too_long_refused",
+        "[late_error.item(), cast_error.item()]",
     )
     (mismatched_keys, checkpoint_restored, shares, on_meta, assign_failed,
      index_rebuilt, fixed, assigned, distinct_bf16, late_error, cast_errors, bf16_run,
-     assigned_dtype, remembered, ties, retied) = run.facts  # fmt: skip
+     assigned_dtype, remembered, ties, retied, swapping, too_long_refused,
+     late_and_cast) = run.facts  # fmt: skip
     # Every load reports success; the checkpoint's tensors are restored.
     assert mismatched_keys == []
     assert all(checkpoint_restored)
@@ -232,6 +236,12 @@ def test_meta_init(run_chapter):
     assert remembered == [True, True]
     assert ties == {"to_empty + load": False, "assign=True": False}
     assert retied
+    # Untying holds with torch's default; swapping tensors keeps the tie.
+    assert swapping == [False, {"to_empty + load": True, "assign=True": True}]
+    # A sequence longer than the bias window is refused with a clear error.
+    assert too_long_refused
+    # bf16 input with float32 positions: far below a bf16-rounded inv_freq's error.
+    assert late_and_cast[0] * 10 < late_and_cast[1]
     assert_fits(run.stdout)
 
 
@@ -258,11 +268,13 @@ def test_compile_and_export(run_chapter):
         "compiled_training_counts",
         "training_matches and buffers_match_in_training",
         "list(graphs_by_batch_size.items())",
+        "scratch.k_cache.grad_fn is not None",
     )
     (inductor_counts, reassigned_counts, int_counts, limit, cache_counts, correct,
      in_place_kept, reassigned_kept, kinds, state_keys, constant_keys, steps,
      mutations, compile_seconds, shares_state, original_steps, training,
-     training_counts, training_correct, graphs_by_size) = run.facts  # fmt: skip
+     training_counts, training_correct, graphs_by_size,
+     unguarded_write_has_graph) = run.facts  # fmt: skip
     one_graph = {"graphs": 1, "graph breaks": 0, "gave up": 0}
     assert inductor_counts == one_graph
     assert reassigned_counts == one_graph
@@ -275,6 +287,12 @@ def test_compile_and_export(run_chapter):
     assert "hit config.recompile_limit" in run.stdout
     assert "graph break: Unsupported Tensor.item()" in run.stdout
     assert cache_counts == {"graphs": 2, "graph breaks": 0, "gave up": 0}
+    # Why the cache refuses keys that need a gradient: the write records a graph.
+    assert unguarded_write_has_graph
+    # The page claims nothing about which cache folder a docs build sets.
+    assert (
+        "the docs build sets" not in (EXAMPLES / "13_compile_and_export.py").read_text()
+    )
     # torch.export: three kinds of state in three places.
     assert kinds["steps"] == ["BUFFER", True]
     assert kinds["mask"] == ["BUFFER", False]
@@ -295,7 +313,13 @@ def test_compile_and_export(run_chapter):
     # Statistics updated without no_grad break training; with it, eager and
     # compiled (aot_eager) train alike, in one graph; new batch sizes recompile.
     assert training["RunningMeanWithGraph, eager mode"].startswith("step 2: ")
+    # Compiled, the int64 counter fails first (torch 2.13): mean() of a Long tensor;
+    # with a float counter compiled training fails at step 2, as eager does.
     assert training["RunningMeanWithGraph, aot_eager"].startswith("step 1: ")
+    assert training["RunningMeanWithGraph, aot_eager"].endswith("Got: Long")
+    freed = "step 2: RuntimeError: Trying to backward through the graph a second time"
+    assert training["RunningMeanWithGraphFloatCounter, eager mode"].startswith(freed)
+    assert training["RunningMeanWithGraphFloatCounter, aot_eager"].startswith(freed)
     assert training["RunningMean, eager mode"] == "trains"
     assert training["RunningMean, aot_eager"] == "trains"
     assert training_counts == one_graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 from conftest import EXAMPLES
 
@@ -43,7 +44,7 @@ def test_averaged_models(run_chapter):
         "[hand_loss, torch_loss, fixed_loss]",
         "dropout_switched",
         "[m[1].num_batches_tracked.item() for m in"
-        " (indexed, recipe_ema.module, copying_ema.module)]",
+        " (indexed, recipe_ema.module, copying_ema.module, swa_default.module)]",
         "[recipe_ema.module.index.tolist(), copying_ema.module.index.tolist()]",
         "[averaged_parameters[:3], docstring_error is not None]",
     )
@@ -72,12 +73,16 @@ def test_averaged_models(run_chapter):
     # update_bn's model.train(was_training) switches a submodule kept in eval().
     assert dropout_switched
     # get_ema_multi_avg_fn truncates integer buffers; copying them keeps them.
-    live_count, recipe_count, copying_count = counts
+    live_count, recipe_count, copying_count, swa_count = counts
     assert recipe_count < live_count == copying_count
+    # The default (SWA) average keeps the count it copied at the first update.
+    assert swa_count == 1 < live_count
     assert indexes[0] != list(range(8))
     assert indexes[1] == list(range(8))
     # AveragedModel's docstring passes the EMA function into `device`.
     assert docstring == [["self", "model", "device"], True]
+    # The printed TypeError shows the first signature it lists, not a bare "one of:".
+    assert "but expected one of:\n * (torch.device device = None" in run.stdout
     assert max(map(len, run.stdout.splitlines())) <= 100
 
 
@@ -129,6 +134,22 @@ def test_fsdp2_buffers(run_chapter):
     assert output_dtype == "float32"  # promoted by the float32 buffer
 
 
+def test_fsdp2_sample_count_is_made_on_the_buffers_device():
+    """NCCL refuses CPU tensors: the count all_reduced beside the buffers follows them."""
+    tree = ast.parse((EXAMPLES / "15_fsdp2_buffers.py").read_text())
+    calls = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["seen"]
+        and isinstance(node.value, ast.Call)
+        and ast.unparse(node.value.func) == "torch.tensor"
+    ]
+    assert len(calls) == 1
+    devices = [k.value for k in calls[0].keywords if k.arg == "device"]
+    assert [ast.unparse(d) for d in devices] == ["norm.running_mean.device"]
+
+
 def test_functional_buffers(run_chapter):
     run = run_chapter(
         "16_functional_buffers",
@@ -161,6 +182,10 @@ def test_functional_buffers(run_chapter):
     assert typo_used is False
     assert module_updated is True
     assert strict_raised
+    # torch's message is printed with its own line breaks, not run together.
+    assert re.search(
+        r"^\s+Unexpected key\(s\): 'runing_mean'\.$", run.stdout, re.MULTILINE
+    )
     # A reassigned buffer survives only in a single dict; in-place always.
     assert steps == [0, 1, 0]
     assert totals == [3.0, 3.0, 3.0]
