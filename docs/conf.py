@@ -55,6 +55,7 @@ extensions = [
     "site_links",
     "literal_links",
     "reader_downloads",
+    "library_wheel",  # the library's wheel, shipped with the site
     "thumbnails",  # chapter numbers on the gallery's cards, legible plot thumbnails
     "build_guard",  # staging, interrupted builds, device/torch changes (see module)
 ]

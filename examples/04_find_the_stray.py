@@ -11,9 +11,9 @@ the model runs, on any machine, and to explain a ``load_state_dict`` mismatch.
 
    Unlike the first three chapters, this one needs the library as well as
    torch. The library needs torch 2.13 or newer (``torch>=2.13`` in its
-   ``pyproject.toml``). Install torch first (see the README), then the library
-   from the guide's repository:
-   ``pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"``.
+   ``pyproject.toml``). Install torch first (see the README), then the library's
+   wheel, built from the same commit as this site and shipped with it:
+   ``pip install https://pytorch-buffers.github.io/pytorch-buffers-guide/wheels/pytorch_buffers-0.2.0-py3-none-any.whl``.
 """
 
 # %%
@@ -31,8 +31,11 @@ from torch import nn
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    install = 'pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
-    msg = f"This chapter needs the pytorch_buffers library: {install}"
+    wheel = (  # built from this guide's commit and shipped with its site
+        "https://pytorch-buffers.github.io/pytorch-buffers-guide/"
+        "wheels/pytorch_buffers-0.2.0-py3-none-any.whl"
+    )
+    msg = f"This chapter needs the pytorch_buffers library: pip install {wheel}"
     raise SystemExit(msg) from None
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/04_find_the_stray.png"

@@ -6,8 +6,8 @@ and writes notebooks without them, but offers the chapter's source file, checks
 and all, as the ``.py`` download and inside the zips. After each build this
 rewrites the published copies (``_downloads/`` and ``notebooks/``): scripts lose
 their hidden blocks, and the notebooks of chapters that import the guide's
-library get a first cell that installs it (from the repository at the built
-commit, until the package is published), and the Sphinx roles left in their
+library get a first cell that installs it (the wheel shipped with the site,
+built from the same commit, until the package is published), and the Sphinx roles left in their
 Markdown (``:func:`pytorch_buffers.inventory` ``) become Markdown links to the
 page that documents the name. Zips get the same treatment.
 """
@@ -34,9 +34,8 @@ def reader_script(source: str, name: str) -> str:
     return script
 
 
-def install_cell(repository: str, commit: str | None) -> dict[str, Any]:
-    """A notebook cell that installs the library when it is missing."""
-    target = f"git+{repository}" + (f"@{commit}" if commit else "")
+def install_cell(wheel: str) -> dict[str, Any]:
+    """A notebook cell that installs the library (the site's wheel) when missing."""
     return {
         "cell_type": "code",
         "execution_count": None,
@@ -47,7 +46,7 @@ def install_cell(repository: str, commit: str | None) -> dict[str, Any]:
             "try:\n"
             f"    import {LIBRARY}\n"
             "except ModuleNotFoundError:\n"
-            f'    %pip install "pytorch-buffers @ {target}"'
+            f"    %pip install {wheel}"
         ),
     }
 
@@ -169,10 +168,10 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
     """Rewrite the published scripts, notebooks and zips for readers."""
     if exception is not None or app.builder.format != "html":
         return
-    from build_info import build_commit  # noqa: PLC0415
     from gallery_hooks import imports_library  # noqa: PLC0415
+    from library_wheel import wheel_url  # noqa: PLC0415
 
-    install = install_cell(app.config.guide_repository, build_commit())
+    install = install_cell(wheel_url())
     examples = Path(app.srcdir).parent / "examples"
     users = {path.stem for path in examples.glob("*.py") if imports_library(path)}
     out = Path(app.outdir)
