@@ -175,7 +175,26 @@ assert moved_after_train, "claim: train() undoes eval()'s freeze"
 
 # %%
 # To keep a frozen BatchNorm frozen during fine-tuning, call ``eval()`` on it
-# after every ``model.train()``, or override the model's ``train()`` to do so.
+# after every ``model.train()``, or override the model's ``train()`` to do so:
+
+
+class FrozenNormSequential(nn.Sequential):
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in self.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()  # the statistics stay frozen in train() too
+        return self
+
+
+fine_tuned = FrozenNormSequential(*copy.deepcopy(model)).train()
+print("after train(): Linear training:", fine_tuned[0].training, end=", ")
+print("BatchNorm training:", fine_tuned[1].training, end=", ")
+print("running_mean moves:", moves(fine_tuned[1]))
+assert fine_tuned[0].training, "claim: the override leaves the other layers in train()"
+assert not moves(fine_tuned[1]), "claim: the override keeps the statistics frozen"
+
+# %%
 # Here is the whole model in ``eval()``:
 
 model.eval()
@@ -295,7 +314,8 @@ assert torch.equal(model.state_dict()["1.running_mean"], norm.running_mean), (
     "claim: state_dict() saves the buffers' current values"
 )
 # sphinx_gallery_end_ignore
-#
+
+# %%
 # What to remember
 # ----------------
 # - The optimizer never sees buffers, and they get no gradients unless

@@ -108,7 +108,7 @@ class Attention(nn.Module):
         n = self.context_length
         self.causal.copy_(torch.ones(n, n, dtype=torch.bool).tril())
 
-    def check_cache(self, b, start, t):
+    def check_cache(self, b):
         """Refuse what the cache cannot hold, with a message that says what to do."""
         if torch.is_grad_enabled():
             msg = (
@@ -121,24 +121,25 @@ class Attention(nn.Module):
             msg = (
                 f"a batch of {b} does not fit the cache, allocated for "
                 f"max_batch_size={self.max_batch_size}: build the model with "
-                f"max_batch_size={b} or more, or feed at most "
-                f"{self.max_batch_size} sequences at a time"
-            )
-            raise ValueError(msg)
-        if start + t > self.context_length:
-            msg = (
-                f"positions {start}..{start + t - 1} do not fit the cache's "
-                f"context_length={self.context_length}"
+                f"max_batch_size={b} or more, or feed batches of at most "
+                f"{self.max_batch_size}"
             )
             raise ValueError(msg)
 
     def forward(self, x, start=0, use_cache=False):
         b, t, dim = x.shape
+        if start + t > self.context_length:  # with or without the cache
+            msg = (
+                f"positions {start}..{start + t - 1} do not fit "
+                f"context_length={self.context_length} (the rotary table, the mask "
+                "and the cache end there): feed fewer tokens or build a longer model"
+            )
+            raise ValueError(msg)
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).unbind(2)
         q, k, v = (tensor.transpose(1, 2) for tensor in (q, k, v))
         q, k = self.rotary(q, start), self.rotary(k, start)
         if use_cache:
-            self.check_cache(b, start, t)
+            self.check_cache(b)
             self.k_cache[:b, :, start : start + t] = k
             self.v_cache[:b, :, start : start + t] = v
             k, v = self.k_cache[:b, :, : start + t], self.v_cache[:b, :, : start + t]
@@ -291,13 +292,20 @@ assert all(d < 1e-4 for d in chunk_differences.values()), (
 # The cache is for inference
 # --------------------------
 # Training feeds whole sequences with ``use_cache=False`` and never touches the
-# cache: one optimizer step on a copy of the model shows it trains. The cache
-# refuses two calls: one with gradients on (a cache written under autograd
-# would hold the graph of every write, and gradients would not flow back into
-# earlier chunks as they do without it) and a batch larger than the
-# ``max_batch_size`` it was built for. What each refusal says:
+# cache: one optimizer step on a copy of the model shows it trains, and leaves
+# the cache as it was. The cache refuses two calls: one with gradients on and a
+# batch larger than the ``max_batch_size`` it was built for. Without the first
+# refusal, a write under autograd makes the cache part of the graph (after one
+# chunk ``k_cache.grad_fn`` is a ``CopySlices`` and the model no longer
+# deep-copies); one backward over two chunks then fails, because the second
+# chunk's in-place write changed the cache the first chunk saved for its
+# gradient, and a backward per chunk fails on the second chunk, which runs back
+# through the first chunk's graph, already freed. What each refusal says:
 
 trainee = copy.deepcopy(model).train()
+# sphinx_gallery_start_ignore
+buffers_before = {name: b.clone() for name, b in trainee.named_buffers()}
+# sphinx_gallery_end_ignore
 optimizer = torch.optim.SGD(trainee.parameters(), lr=0.1)
 head_before = trainee.head.weight.detach().clone()
 logits = trainee(tokens[:, :-1])  # use_cache=False: the whole sequence at once
@@ -307,6 +315,12 @@ optimizer.step()
 moved = not torch.equal(head_before, trainee.head.weight)
 print(f"one step without the cache: loss {loss.item():.3f}, weights moved: {moved}")
 assert moved, "claim: the uncached path trains"
+# sphinx_gallery_start_ignore
+assert all(torch.equal(b, buffers_before[n]) for n, b in trainee.named_buffers()), (
+    "claim: use_cache=False never touches the cache"
+)
+del buffers_before
+# sphinx_gallery_end_ignore
 
 refusals = {}
 for label, call in (
@@ -331,6 +345,61 @@ assert all(b.is_leaf and b.grad_fn is None for b in trainee.buffers()), (
     "claim: a refused call leaves no graph in the buffers"
 )
 _ = copy.deepcopy(trainee)  # would fail on a buffer that carries a graph
+
+
+def _unguarded_copy():
+    """A training copy whose caches skip the refusals (what the prose describes)."""
+    bare = copy.deepcopy(model).train()
+    for block in bare.blocks:
+        block.attn.check_cache = lambda *_: None
+    return bare
+
+
+_bare = _unguarded_copy()
+_logits = torch.cat(
+    [_bare(tokens[:, :4], 0, use_cache=True), _bare(tokens[:, 4:], 4, use_cache=True)],
+    dim=1,
+)
+try:
+    _logits.sum().backward()
+    _why = ""
+except RuntimeError as error:
+    _why = str(error)
+assert "modified by an inplace operation" in _why, (
+    "claim: one backward over two cached chunks fails on the in-place cache write"
+)
+_bare = _unguarded_copy()
+_bare(tokens[:, :4], 0, use_cache=True).sum().backward()
+assert type(_bare.blocks[0].attn.k_cache.grad_fn).__name__ == "CopySlices", (
+    "claim: after one chunk under grad, k_cache.grad_fn is a CopySlices"
+)
+try:
+    copy.deepcopy(_bare)
+    _why = ""
+except RuntimeError as error:
+    _why = str(error)
+assert "graph leaves" in _why, "claim: a cache written under grad stops deepcopy"
+try:
+    _bare(tokens[:, 4:], 4, use_cache=True).sum().backward()
+    _why = ""
+except RuntimeError as error:
+    _why = str(error)
+assert "backward through the graph a second time" in _why, (
+    "claim: a backward per chunk fails on the second chunk"
+)
+with torch.no_grad():
+    for _use_cache, _start, _t in ((False, 0, 65), (True, 60, 5)):
+        try:
+            model(
+                torch.zeros(1, _t, dtype=torch.long, device=device), _start, _use_cache
+            )
+            _why = ""
+        except ValueError as error:
+            _why = str(error)
+        assert "do not fit context_length=64" in _why, (
+            "claim: both paths refuse positions past context_length with a ValueError"
+        )
+del _bare, _logits, _why, _use_cache, _start, _t
 with torch.random.fork_rng(devices=[]):  # leaves the global RNG as it was
     pair = TinyGPT(max_batch_size=2)
 pair.load_state_dict(model.state_dict())
@@ -439,8 +508,8 @@ assert half_dtypes["causal"] == "bool", "claim: .half() leaves a bool buffer alo
 # %%
 # To keep the table in float32 in a half-precision model, rebuild it after the
 # cast, as ``Rotary.reset_buffers()`` does: assigning a tensor to a buffer's
-# name replaces the buffer (it stays a non-persistent buffer). ``Rotary.forward`` rotates in the table's dtype and
-# returns the input's.
+# name replaces the buffer (it stays a non-persistent buffer).
+# ``Rotary.forward`` rotates in the table's dtype and returns the input's.
 
 for module in half_model.modules():
     if isinstance(module, Rotary):

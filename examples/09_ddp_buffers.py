@@ -46,15 +46,20 @@ print(f"torch {torch.__version__}, device: cpu (2 processes, gloo backend)")
 print("torch.distributed available:", dist.is_available())
 
 # %%
-# The argument's name depends on the torch version: torch 2.13 renamed
-# ``broadcast_buffers`` to ``forward_sync_buffers`` and deprecated the old name
-# (the two differ at construction: see the warning printed further down). This
-# page passes whichever this torch has:
+# The argument's name depends on the torch version. In torch 2.13, the version
+# this guide was written with, it is ``forward_sync_buffers``, and the older
+# ``broadcast_buffers`` is deprecated (the two differ at construction: see the
+# FutureWarning printed further down, in this torch's words). An older torch has
+# only ``broadcast_buffers``. This page passes whichever the torch it runs on has:
 
 SYNC = "forward_sync_buffers"
 if SYNC not in inspect.signature(DistributedDataParallel).parameters:
-    SYNC = "broadcast_buffers"  # torch before 2.13
+    SYNC = "broadcast_buffers"  # a torch without the new name
 print("DDP's argument for the per-forward buffer copy here:", SYNC)
+# sphinx_gallery_start_ignore
+if torch.__version__.startswith("2.13"):
+    assert SYNC == "forward_sync_buffers", "claim: torch 2.13 has forward_sync_buffers"
+# sphinx_gallery_end_ignore
 
 # %%
 # The training run
@@ -133,8 +138,9 @@ def identical(reports, moment):
 
 def worker(job, rank, world_size, port, connection, args):
     """One rank: join the group, run ``job``, send its result, leave at once."""
-    # A forked child cannot use the parent's OpenMP thread pool: once the parent
-    # has run parallel torch code, a child using it hangs. One thread each.
+    # With GNU OpenMP (libgomp, which Linux builds of torch use), a forked child
+    # that uses the thread pool the parent already ran parallel code on can
+    # hang: libgomp is not fork-safe. One thread each avoids the pool.
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -239,6 +245,34 @@ assert {r["backend"] for r in with_broadcast} == {"gloo"}, "claim: gloo on the C
 assert not any(r["warnings"] for r in with_broadcast), (
     "claim: the current argument raises no warning"
 )
+
+
+def _default_then_manual_copy(rank):
+    """DDP's default for the copy, and the manual broadcast the page suggests."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    ddp = DistributedDataParallel(model)  # no argument: the default
+    with torch.no_grad():  # training mode, no grad: as update_bn does
+        ddp(torch.arange(16.0).view(4, 4) + 3.0 * rank)  # ranks differ
+    before = model[1].running_mean.tolist()
+    for b in ddp.module.buffers():
+        dist.broadcast(b, src=0)
+    return {
+        "default": getattr(ddp, SYNC),
+        "before": before,
+        "after": model[1].running_mean.tolist(),
+    }
+
+
+_reports = run_on_ranks(_default_then_manual_copy)
+assert all(r["default"] is True for r in _reports), (
+    "claim: the per-forward copy is on by default"
+)
+assert not identical(_reports, "before"), "claim: a no_grad() forward leaves them apart"
+assert identical(_reports, "after"), (
+    "claim: broadcasting ddp.module.buffers() from rank 0 makes the ranks agree"
+)
+del _reports
 # sphinx_gallery_end_ignore
 show(with_broadcast)
 for moment in ("after last step", "after next forward"):
@@ -319,9 +353,11 @@ assert copied == {
 # does), or evaluation straight after gradient accumulation in ``no_sync()``,
 # leaves each rank with its own statistics, and no later forward under
 # ``no_grad()`` brings them together. To make them agree before saving, run one
-# forward with gradients on, or copy rank 0's buffers yourself:
+# forward with gradients on, or copy rank 0's buffers yourself (inside each
+# rank's job; checked when this page was built):
 # ``for b in ddp.module.buffers(): dist.broadcast(b, src=0)``.
-#
+
+# %%
 # ``forward_sync_buffers=False``
 # ------------------------------
 
@@ -358,8 +394,7 @@ assert (
 # The old name, ``broadcast_buffers``
 # -----------------------------------
 # What this torch says when a model is wrapped with the old argument, in its own
-# words (on a torch before 2.13 it says nothing, and the old name is the only
-# one):
+# words (a torch that has only the old name says nothing):
 
 old_name = run_on_ranks(train, {"broadcast_buffers": True})
 for message in old_name[0]["warnings"] or ["(no warning from this torch)"]:
@@ -371,7 +406,7 @@ print("same statistics as forward_sync_buffers=True:", same_statistics)
 # sphinx_gallery_start_ignore
 if SYNC == "forward_sync_buffers":
     assert any("deprecated" in w for w in old_name[0]["warnings"]), (
-        "claim: torch 2.13 deprecates broadcast_buffers"
+        "claim: this torch deprecates broadcast_buffers"
     )
 assert same_statistics, "claim: the old name with True does the same copy"
 # sphinx_gallery_end_ignore
@@ -415,13 +450,14 @@ assert '"cuda"' in inspect.getsource(nn.SyncBatchNorm.forward), (
 # right for models whose buffers never change (masks, rotary tables). For
 # BatchNorm on GPUs, ``nn.SyncBatchNorm`` computes the statistics from every
 # rank's batch.
-#
+
+# %%
 # What to remember
 # ----------------
 # - DDP averages gradients, so parameters agree across ranks; buffers are kept
 #   in step only by copying rank 0's at the start of a forward pass
-#   (``forward_sync_buffers=True``, the default; ``broadcast_buffers`` before
-#   torch 2.13).
+#   (``forward_sync_buffers=True``, the default; ``broadcast_buffers`` in a
+#   torch without the new name).
 # - That copy happens only when the previous forward ran with gradients on and
 #   outside ``no_sync()``: after a ``no_grad()`` forward, the next one skips it.
 # - Right after a training step the ranks' BatchNorm statistics differ; they

@@ -49,8 +49,15 @@ torch.manual_seed(123)
 
 
 class Attention(nn.Module):
+    MODES = ("buffer", "rebuilt", "sdpa")
+
     def __init__(self, dim=256, heads=4, context_length=2048, mode="buffer"):
         super().__init__()
+        if mode not in self.MODES:
+            msg = (
+                f"mode must be one of {', '.join(map(repr, self.MODES))}, not {mode!r}"
+            )
+            raise ValueError(msg)
         self.heads, self.mode, self.context_length = heads, mode, context_length
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         if mode == "buffer":  # True = hidden: the book's convention, for masked_fill
@@ -72,6 +79,13 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             if self.mode == "buffer":
+                if t > self.context_length:
+                    msg = (
+                        f"{t} tokens do not fit the mask built for "
+                        f"context_length={self.context_length}: build the layer "
+                        f"with context_length={t} or more"
+                    )
+                    raise ValueError(msg)
                 mask = self.mask[:t, :t]
             else:  # "rebuilt": a fresh mask on every call
                 mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
@@ -96,6 +110,21 @@ with torch.no_grad():
 agree = all(torch.allclose(outputs[0], o, rtol=1e-4, atol=1e-4) for o in outputs)
 print("all three agree (to 1e-4):", agree)
 assert agree, "claim: the three layers compute the same attention"
+# sphinx_gallery_start_ignore
+for _bad, _says in (
+    (lambda: Attention(dim=8, heads=2, mode="mask"), "'buffer', 'rebuilt', 'sdpa'"),
+    (lambda: layers["registered mask buffer"](x.new_zeros(1, 2049, 256)), "=2048"),
+):
+    try:
+        _bad()
+        _why = ""
+    except ValueError as error:
+        _why = str(error)
+    assert _says in _why, (
+        "claim: an unknown mode and a sequence past context_length are ValueErrors"
+    )
+del _bad, _says, _why
+# sphinx_gallery_end_ignore
 
 # %%
 # When the queries are fewer than the keys
@@ -231,8 +260,9 @@ ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("sequence length (tokens)")
 ax.set_ylabel("forward pass, ms (median, range shaded)")
+plural = "s" if threads != 1 else ""
 ax.set_title(
-    f"One causal attention layer, batch 2, on {device}, {threads} thread{'s' if threads != 1 else ''}"
+    f"One causal attention layer, batch 2, on {device}, {threads} thread{plural}"
 )
 ax.legend()
 plt.show()

@@ -33,7 +33,10 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    install = 'pip install "pytorch-buffers @ git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    install = (
+        'pip install "pytorch-buffers @ '
+        'git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    )
     msg = f"This chapter needs the pytorch_buffers library: {install}"
     raise SystemExit(msg) from None
 
@@ -90,7 +93,8 @@ class EmbeddingV1(nn.Module):
         out = self.tokens(ids) + self.positions(self.position_ids[: ids.shape[-1]])
         if self.training:
             with torch.no_grad():
-                self.running_avg.lerp_(out.mean(dim=(0, 1)), 0.1)
+                every_token = tuple(range(out.dim() - 1))  # any batch shape
+                self.running_avg.lerp_(out.mean(dim=every_token), 0.1)
         return out
 
 
@@ -137,7 +141,12 @@ class EmbeddingV2(nn.Module):
         self.register_buffer("num_updates", torch.tensor(0))  # new
 
     def init_buffers(self, device=None):
-        """(Re)build the non-persistent buffer, e.g. after ``to_empty()``."""
+        """(Re)build the non-persistent buffer, e.g. after ``to_empty()``.
+
+        By default on the weights' device (``meta`` stays ``meta``).
+        """
+        if device is None:
+            device = self.positions.weight.device
         position_ids = torch.arange(self.context_length, device=device)
         self.register_buffer("position_ids", position_ids, persistent=False)
 
@@ -145,7 +154,8 @@ class EmbeddingV2(nn.Module):
         out = self.tokens(ids) + self.positions(self.position_ids[: ids.shape[-1]])
         if self.training:
             with torch.no_grad():
-                self.running_mean.lerp_(out.mean(dim=(0, 1)), 0.1)
+                every_token = tuple(range(out.dim() - 1))  # any batch shape
+                self.running_mean.lerp_(out.mean(dim=every_token), 0.1)
                 self.num_updates += 1
         return out
 
@@ -336,6 +346,25 @@ migrated_num_updates = model.embed.num_updates.item()
 
 # sphinx_gallery_start_ignore
 assert statistic_migrated, "claim: the renamed statistic is restored from v1"
+with torch.device("meta"):
+    _embedding = Embedding()
+_embedding.init_buffers()  # outside the meta context: follows the weights
+assert _embedding.position_ids.device.type == "meta", "claim: meta stays meta"
+_embedding.to_empty(device=device).init_buffers()
+assert _embedding.position_ids.device.type == device.type, (
+    "claim: init_buffers() builds position_ids on the weights' device"
+)
+_one, _batch = (built_without_rng(Embedding).embed.train() for _ in range(2))
+for _fresh in (_one, _batch):
+    _fresh.init_buffers()
+    _fresh.load_state_dict(model.embed.state_dict())  # the same weights in both
+with torch.no_grad():
+    _one(torch.arange(8, device=device))  # ids of shape (t,)
+    _batch(torch.arange(8, device=device)[None])  # the same ids, a batch of one
+assert torch.allclose(_one.running_mean, _batch.running_mean), (
+    "claim: forward's statistic averages every token, whatever the batch shape"
+)
+del _embedding, _one, _batch, _fresh
 assert all(
     torch.equal(model.state_dict()[k], v1_checkpoint[k])
     for k in ("embed.tokens.weight", "embed.positions.weight", "head.weight")
@@ -444,7 +473,8 @@ assert v2_metadata["embed"] == v1_checkpoint._metadata["embed"] == {"version": 1
     "claim: EmbeddingV2's checkpoints record version 1 like v1's"
 )
 # sphinx_gallery_end_ignore
-#
+
+# %%
 # The same translation can of course be done once, outside the module: load
 # the old file, rename the keys, save a new file. That is fine for checkpoints
 # you own; a migration inside the module also covers every copy you do not.
@@ -480,6 +510,10 @@ with warnings.catch_warnings():
 
 # sphinx_gallery_start_ignore
 assert list(dcp_failures) == [0], "claim: DCP loads in one process, rank 0"
+assert issubclass(CheckpointException, BaseException), "claim: a BaseException"
+assert not issubclass(CheckpointException, Exception), (
+    "claim: except Exception misses CheckpointException"
+)
 assert "Missing key" in str(dcp_failures[0]), "claim: DCP reports the missing key"
 assert not target.embed.running_mean.any(), "claim: the migration did not run"
 hooked_target = built_without_rng(EmbeddingV2)

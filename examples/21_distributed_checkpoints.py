@@ -398,7 +398,8 @@ assert current_state._metadata["2"] == {"version": 2}, (
 )
 assert list(round_trip) == list(get_model_state_dict(old)), "claim: the same entries"
 # sphinx_gallery_end_ignore
-#
+
+# %%
 # Migrating a DCP checkpoint
 # --------------------------
 # In one process the way through is to load the checkpoint under its own keys,

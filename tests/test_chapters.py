@@ -348,9 +348,16 @@ def test_llm_caches(run_chapter):
         "str(rotary.cos.dtype)",
         "refusals",
         "[moved, agrees, pair_gap]",
+        "[__import__('test_chapters').error_of(lambda: torch.no_grad()(model)"
+        "(tokens.new_zeros(1, n), start, cached))"
+        " for start, n, cached in ((0, 65, False), (60, 5, True))]",
     )
     (same_tokens, logit_gap, saved_buffers, filled, length, patterns, chunk_gap,
-     alignment, half_dtypes, rebuilt_dtype, refusals, checks) = run.facts  # fmt: skip
+     alignment, half_dtypes, rebuilt_dtype, refusals, checks,
+     too_long) = run.facts  # fmt: skip
+    # Past context_length both paths refuse in words, not with a shape error.
+    assert too_long[0].startswith("ValueError: positions 0..64 do not fit")
+    assert too_long[1].startswith("ValueError: positions 60..64 do not fit")
     # The cache is inference-only and sized: both refusals say what to do.
     grad_refusal = refusals["use_cache=True with gradients on"]
     assert grad_refusal.startswith("RuntimeError: the key/value cache is for inference")
@@ -358,6 +365,7 @@ def test_llm_caches(run_chapter):
     batch_refusal = refusals["a batch of 2, cache for 1"]
     assert batch_refusal.startswith("ValueError: a batch of 2 does not fit")
     assert "max_batch_size=1" in batch_refusal
+    assert batch_refusal.endswith("feed batches of at most 1")
     moved, lower_right_agrees, pair_gap = checks
     assert moved  # the uncached path trains
     assert lower_right_agrees  # causal_lower_right is the cache's mask slice
@@ -375,6 +383,18 @@ def test_llm_caches(run_chapter):
     assert half_dtypes["causal"] == "bool"
     assert rebuilt_dtype == "torch.float32"
     assert max(len(line) for line in run.stdout.splitlines()) <= 100
+
+
+def error_of(call):
+    """``"Type: message"`` of what ``call()`` raises, or None if it returns.
+
+    Evaluated inside a chapter's process, like ``ddp_failure_messages``.
+    """
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the test compares type and message
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def ddp_failure_messages(run_on_ranks):
@@ -490,9 +510,17 @@ def test_mask_cost(run_chapter):
         "timer_threads",
         "verdicts",
         "[slice_right, is_causal_right]",
+        "[__import__('test_chapters').error_of(call) for call in ("
+        "lambda: Attention(mode='mask'),"
+        " lambda: layers['registered mask buffer'](x.new_zeros(1, 2049, 256)))]",
     )
     (counts, repeats, ordered, positive, agree, timer_threads, verdicts,
-     cache_alignment) = run.facts  # fmt: skip
+     cache_alignment, refusals) = run.facts  # fmt: skip
+    # A misspelt mode and a sequence past the mask both fail early, in words.
+    assert refusals[0] == (
+        "ValueError: mode must be one of 'buffer', 'rebuilt', 'sdpa', not 'mask'"
+    )
+    assert refusals[1].startswith("ValueError: 2049 tokens do not fit the mask")
     labels = [
         "registered mask buffer",
         "mask rebuilt each forward",

@@ -143,10 +143,16 @@ def test_evolving_buffers(run_chapter):
         "list(dcp_failures)",
         "str(dcp_failures[0])",
         "dcp_migrated",
+        "(lambda e: (e.init_buffers(), str(e.position_ids.device))[1])"
+        "(Embedding().to('meta'))",
+        "issubclass(CheckpointException, Exception)",
     )
     (strict_failed, missing, unexpected, verdicts, v1_meta, v2_meta, norm_v2_loaded,
      migrated, counter, counter_kept, hooked, caller_untouched, dcp_ranks, dcp_error,
-     dcp_migrated) = run.facts  # fmt: skip
+     dcp_migrated, rebuilt_on, checkpoint_exception_is_exception) = run.facts  # fmt: skip
+    # init_buffers() follows the weights (here meta), not the default device.
+    assert rebuilt_on == "meta"
+    assert checkpoint_exception_is_exception is False  # except Exception misses it
     # The three changes break a strict load: renamed + added are missing,
     # non-persistent + renamed are unexpected.
     assert strict_failed
