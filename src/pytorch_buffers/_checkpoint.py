@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ._inventory import Inventory, TensorKind, inventory, pattern, render_text
-from ._meta import RecordCopies, meta_copy
-from ._module import as_module, wrapped_module
+from ._meta import LoadAttempt, attempt_load
+from ._module import as_module
 
 
 class KeyProblem(Enum):
@@ -75,16 +75,6 @@ _PREFIX_SOURCES = {
 }
 
 
-@dataclass(frozen=True)
-class _Attempt:
-    """What ``load_state_dict`` did on one meta copy."""
-
-    error: str | None
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    filled: frozenset[str]  # module keys whose tensor received a checkpoint value
-
-
 _SIZE_MISMATCH = re.compile(
     r"size mismatch for (?P<key>\S+): copying a param with shape "
     r"torch\.Size\(\[(?P<checkpoint>[\d, ]*)\]\) from checkpoint, the shape in "
@@ -94,55 +84,6 @@ _SIZE_MISMATCH = re.compile(
 
 def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(size) for size in text.split(",") if size.strip())
-
-
-def _copy_for_loading(module: nn.Module) -> nn.Module:
-    """A meta copy whose ``load_state_dict`` behaves like ``module``'s.
-
-    Wrappers that cannot be copied (DistributedDataParallel) are rebuilt as a
-    plain module holding a copy of their model under the same attribute, so the
-    keys keep their prefix.
-    """
-    inner, attribute = wrapped_module(module)
-    if inner is module:
-        return meta_copy(module, iter(()))
-    # Named like the wrapper, so torch's messages name it as the real load would.
-    holder: nn.Module = type(type(module).__name__, (nn.Module,), {})()
-    holder.add_module(attribute, meta_copy(inner, iter(())))
-    return holder
-
-
-def _attempt(
-    module: nn.Module, state_dict: Mapping[str, Any], *, strict: bool, assign: bool
-) -> _Attempt:
-    twin = _copy_for_loading(module)
-    before = {
-        name: id(value) for name, value in twin.state_dict(keep_vars=True).items()
-    }
-    recorder = RecordCopies()
-    error = None
-    missing: Sequence[str] = ()
-    unexpected: Sequence[str] = ()
-    with warnings.catch_warnings():
-        # Copying into a meta tensor is a no-op, which torch warns about; that
-        # no-op is the point of the copy.
-        warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
-        try:
-            with recorder:
-                result = twin.load_state_dict(state_dict, strict=strict, assign=assign)
-            missing, unexpected = result.missing_keys, result.unexpected_keys
-        except Exception as caught:  # noqa: BLE001  (a module's load hook may raise anything)
-            error = (
-                str(caught)
-                if isinstance(caught, RuntimeError)
-                else f"{type(caught).__name__}: {caught}"
-            )
-    filled = frozenset(
-        name
-        for name, value in twin.state_dict(keep_vars=True).items()
-        if id(value) != before.get(name) or id(value) in recorder.written
-    )
-    return _Attempt(error, tuple(missing), tuple(unexpected), filled)
 
 
 def _find_prefix(
@@ -561,21 +502,17 @@ def _explain(
     find_prefix: bool,
     records: Inventory | None = None,
 ) -> StateDictReport:
-    lenient = _attempt(root, loaded, strict=False, assign=assign)
-    # strict=True differs only by raising on missing or unexpected keys: when
-    # strict=False found none, strict=True loads too; else torch says how it fails.
-    clean = lenient.error is None and not lenient.missing and not lenient.unexpected
-    strict = lenient if clean else _attempt(root, loaded, strict=True, assign=assign)
+    first = attempt_load(root, loaded, assign=assign)
     mismatched = {
         match["key"]: (_shape(match["checkpoint"]), _shape(match["module"]))
-        for match in _SIZE_MISMATCH.finditer(lenient.error or "")
+        for match in _SIZE_MISMATCH.finditer(first.non_strict_error or "")
     }
     # strict=False raised: load again without the mis-shaped keys to learn what
     # else torch would skip (and that dropping them is the fix).
-    base = lenient
-    if lenient.error is not None and mismatched:
+    base: LoadAttempt = first
+    if first.non_strict_error is not None and mismatched:
         kept = {k: v for k, v in loaded.items() if k not in mismatched}
-        base = _attempt(root, kept, strict=False, assign=assign)
+        base = attempt_load(root, kept, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
     records = records or inventory(root)
@@ -668,10 +605,10 @@ def _explain(
     non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
     return StateDictReport(
         rows,
-        loads_strict=strict.error is None,
-        loads_non_strict=lenient.error is None,
-        strict_error=strict.error,
-        non_strict_error=lenient.error,
+        loads_strict=first.strict_error is None,
+        loads_non_strict=first.non_strict_error is None,
+        strict_error=first.strict_error,
+        non_strict_error=first.non_strict_error,
         prefix_fix=prefix_fix,
         not_restored=tuple(name for r in non_persistent for name in r.names),
         on_meta=tuple(

@@ -1,16 +1,20 @@
-"""Ask torch on a copy that costs no memory: a ``meta`` twin of a module."""
+"""Ask torch on a copy that costs no memory: a ``meta`` twin of a module, and a load into it."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
+
+from ._module import wrapped_module
 
 
 def _meta_twin(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -26,22 +30,41 @@ def _meta_twin(tensor: torch.Tensor) -> torch.Tensor | None:
     return twin
 
 
-def meta_copy(module: nn.Module, tensors: Iterator[torch.Tensor]) -> nn.Module:
-    """A deep copy of ``module`` whose tensors (those given, plus its parameters and
-    buffers) are on ``meta``: the copy holds no data, shares nothing with
-    ``module``, and keeps ties (a tensor reached under two names is one tensor in
-    the copy too).
+class _CopyOnMeta(TorchFunctionMode):
+    """During a deepcopy: every tensor copied (wherever it sits) becomes a meta twin.
+
+    ``Tensor.__deepcopy__`` asks the active torch function mode first, so plain
+    tensor attributes, tensors in containers and in other objects are copied
+    without their data; ``clone`` is what ``Parameter.__deepcopy__`` calls.
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func in (torch.Tensor.__deepcopy__, torch.Tensor.clone) and args:
+            original = args[0]
+            twin = _meta_twin(original) if isinstance(original, torch.Tensor) else None
+            if twin is not None:
+                return twin if type(original) is type(twin) else twin.detach()
+        return func(*args, **(kwargs or {}))
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose tensors are all on ``meta``: parameters and
+    buffers, plain tensor attributes, tensors in containers and other objects.
+
+    The copy holds no tensor data, shares nothing with ``module``, and keeps ties
+    (a tensor reached under two names is one tensor in the copy too).
 
     Raises:
         ValueError: if the module cannot be deep-copied.
     """
     memo: dict[int, Any] = {}
-    everything = [
-        *module.parameters(),
-        *module.buffers(),
-        *tensors,
-    ]
-    for tensor in everything:
+    for tensor in (*module.parameters(), *module.buffers()):
         if id(tensor) not in memo:
             twin = _meta_twin(tensor)
             if twin is not None:
@@ -53,10 +76,9 @@ def meta_copy(module: nn.Module, tensors: Iterator[torch.Tensor]) -> nn.Module:
             if isinstance(value, OrderedDict | set) and not value:
                 memo[id(value)] = type(value)()
     try:
-        copied: nn.Module = copy.deepcopy(module, memo)
-    except (
-        Exception
-    ) as error:  # arbitrary user objects: any failure means "cannot copy"
+        with _CopyOnMeta():
+            copied: nn.Module = copy.deepcopy(module, memo)
+    except Exception as error:  # arbitrary user objects: any failure means "cannot copy"
         msg = (
             f"cannot make a meta copy of {type(module).__name__} to ask torch "
             f"({type(error).__name__}: {error}); build the model on the meta device "
@@ -64,6 +86,22 @@ def meta_copy(module: nn.Module, tensors: Iterator[torch.Tensor]) -> nn.Module:
         )
         raise ValueError(msg) from error
     return copied
+
+
+def copy_for_loading(module: nn.Module) -> nn.Module:
+    """A meta copy whose ``load_state_dict`` behaves like ``module``'s.
+
+    Wrappers that cannot be copied (DistributedDataParallel) are rebuilt as a
+    plain module holding a copy of their model under the same attribute, so the
+    keys keep their prefix.
+    """
+    inner, attribute = wrapped_module(module)
+    if inner is module:
+        return meta_copy(module)
+    # Named like the wrapper, so torch's messages name it as the real load would.
+    holder: nn.Module = type(type(module).__name__, (nn.Module,), {})()
+    holder.add_module(attribute, meta_copy(inner))
+    return holder
 
 
 class RecordCopies(TorchFunctionMode):
@@ -83,3 +121,123 @@ class RecordCopies(TorchFunctionMode):
         if func is torch.Tensor.copy_ and args:
             self.written.add(id(args[0]))
         return func(*args, **(kwargs or {}))
+
+
+@dataclass(frozen=True)
+class LoadAttempt:
+    """What ``load_state_dict`` did on one meta copy.
+
+    torch passes ``strict=True`` to every module's loading code whatever the
+    caller asked; ``strict`` only decides whether the missing and unexpected
+    keys join the errors at the end. So one load answers both questions: the
+    errors without those keys are what ``strict=False`` raises, and torch
+    itself formats that message (on a stand-in module).
+    """
+
+    strict_error: str | None
+    non_strict_error: str | None
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    filled: frozenset[str]  # module keys whose tensor received a checkpoint value
+    #: ``assign=True``: keys whose tensor took another dtype: (key, before, after).
+    dtype_changes: tuple[tuple[str, torch.dtype, torch.dtype], ...] = ()
+    #: Groups of keys that were one tensor before the load and are not after.
+    broken_ties: tuple[tuple[str, ...], ...] = ()
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+
+
+def _torch_error(class_name: str, errors: list[str]) -> str | None:
+    """The message torch raises for ``errors`` (None: no errors, it loads)."""
+    if not errors:
+        return None
+    stand_in: nn.Module = type(class_name, (nn.Module,), {})()
+    stand_in.register_load_state_dict_pre_hook(lambda *args: args[-1].extend(errors))
+    try:
+        stand_in.load_state_dict({}, strict=False)
+    except RuntimeError as error:
+        return str(error)
+    return None  # pragma: no cover  (torch raises whenever there are errors)
+
+
+def own_copy(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
+    """A new dict of the same tensors, with its own copy of ``_metadata``.
+
+    ``load_state_dict(assign=True)`` writes into the ``_metadata`` it is given,
+    so a later load of the same dict would assign too; each attempt gets its own.
+    """
+    own: OrderedDict[str, Any] = OrderedDict(state_dict)
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        own._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]
+    return own
+
+
+def attempt_load(
+    module: nn.Module, state_dict: Mapping[str, Any], *, assign: bool
+) -> LoadAttempt:
+    """Load ``state_dict`` into a meta copy of ``module`` and record what torch did."""
+    twin = copy_for_loading(module)
+    before = twin.state_dict(keep_vars=True)
+    seen: dict[str, list[Any]] = {}
+
+    def keep_errors(*args: Any) -> None:
+        seen["errors"] = args[-1]
+
+    def keep_keys(_: nn.Module, incompatible: Any) -> None:
+        seen["missing"] = list(incompatible.missing_keys)
+        seen["unexpected"] = list(incompatible.unexpected_keys)
+        seen["errors_then"] = list(seen.get("errors", []))
+
+    # Ours run first (errors list) and last (keys, after the module's own hooks).
+    twin.register_load_state_dict_pre_hook(keep_errors)
+    twin.register_load_state_dict_post_hook(keep_keys)
+    recorder = RecordCopies()
+    strict_error = non_strict_error = None
+    with warnings.catch_warnings():
+        # Copying into a meta tensor is a no-op, which torch warns about; that
+        # no-op is the point of the copy.
+        warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
+        try:
+            with recorder:
+                twin.load_state_dict(own_copy(state_dict), strict=True, assign=assign)
+        except Exception as caught:  # noqa: BLE001  (a module's load hook may raise anything)
+            strict_error = _error_text(caught)
+            non_strict_error = (
+                _torch_error(type(twin).__name__, seen["errors_then"])
+                if "errors_then" in seen
+                else strict_error  # raised before torch checked the keys
+            )
+    after = twin.state_dict(keep_vars=True)
+    filled = frozenset(
+        name
+        for name, value in after.items()
+        if value is not before.get(name) or id(value) in recorder.written
+    )
+    changes = tuple(
+        (name, before[name].dtype, value.dtype)
+        for name, value in after.items()
+        if name in before
+        and isinstance(value, torch.Tensor)
+        and isinstance(before[name], torch.Tensor)
+        and value.dtype != before[name].dtype
+    )
+    ties: dict[int, list[str]] = {}
+    for name, value in before.items():
+        ties.setdefault(id(value), []).append(name)
+    broken = tuple(
+        tuple(names)
+        for names in ties.values()
+        if len(names) > 1 and len({id(after.get(name)) for name in names}) > 1
+    )
+    return LoadAttempt(
+        strict_error,
+        non_strict_error,
+        tuple(seen.get("missing", ())),
+        tuple(seen.get("unexpected", ())),
+        filled,
+        changes,
+        broken,
+    )
