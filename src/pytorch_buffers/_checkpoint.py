@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._inventory import Inventory, TensorKind, inventory, pattern, render_text
+from ._inventory import Inventory, TensorKind, inventory
+from ._text import WIDTH, fit, pattern, render_text
 from ._meta import LoadAttempt, attempt_load
 from ._module import as_module
 
@@ -285,8 +286,36 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         return [head, *(f"  {name}" for name in names)]
 
+    def _assign_lines(self) -> list[str]:
+        lines = []
+        changes: Sequence[tuple[str, torch.dtype, torch.dtype]] = self._details.get(
+            "dtype_changes", ()
+        )
+        if changes:
+            kinds = Counter((str(a), str(b)) for _, a, b in changes)
+            (before, after), _ = kinds.most_common(1)[0]
+            names = _capped([name for name, _, _ in changes], 5)
+            lines.append(
+                f"assign=True: {len(changes)} tensor(s) take the checkpoint's dtype "
+                f"(e.g. {after.removeprefix('torch.')} where the module has "
+                f"{before.removeprefix('torch.')}; torch did it on a meta copy); cast "
+                "the model back after loading (model.to(dtype)) or load without "
+                f"assign: {', '.join(names)}"
+            )
+        for group in self._details.get("broken_ties", ()):
+            lines.append(
+                f"assign=True breaks a tie: {', '.join(group)} were one tensor and are "
+                "two after the load (torch did it on a meta copy); tie them again "
+                "(e.g. model.tie_weights() in transformers)"
+            )
+        return lines
+
     def __str__(self) -> str:
-        lines = self._verdict_lines() + self._prefix_lines()
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH) -> str:
+        """The report, every line at most ``width`` columns wide."""
+        lines = self._verdict_lines() + self._assign_lines() + self._prefix_lines()
         rows = self._groups()
         if rows:
             capped = rows[: self.max_rows]
@@ -294,6 +323,7 @@ class StateDictReport(tuple[KeyReport, ...]):
                 render_text(
                     ("key", "problem", "in the module", "safe to ignore", "advice"),
                     capped,
+                    width,
                 )
             )
             if len(rows) > len(capped):
@@ -301,7 +331,7 @@ class StateDictReport(tuple[KeyReport, ...]):
                     f"... and {len(rows) - len(capped)} more groups (max_rows={self.max_rows})"
                 )
         lines += self._not_restored_lines()
-        return "\n".join(lines)
+        return fit("\n".join(lines), width)
 
     def __repr__(self) -> str:
         return str(self)
@@ -602,6 +632,8 @@ def _explain(
         )
         details["remaining"] = tuple(after)
 
+    details["dtype_changes"] = first.dtype_changes
+    details["broken_ties"] = first.broken_ties
     non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
     return StateDictReport(
         rows,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ._module import as_module
+from ._text import WIDTH, fit, pattern, render_html, render_text
 
 
 class TensorKind(Enum):
@@ -124,37 +124,19 @@ def _row(record: TensorRecord) -> tuple[str, ...]:
     )
 
 
-def pattern(name: str) -> str:
-    """``layers.3.attn.q.weight`` -> ``layers.*.attn.q.weight``: one line per layer stack."""
-    return ".".join("*" if part.isdigit() else part for part in name.split("."))
-
-
-def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A fixed-width text table."""
-    widths = [
-        max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)
-    ]
-    lines = [
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in (header, *rows)
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def render_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain HTML table (styled by the page it lands on)."""
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
-    return (
-        f'<table class="pytorch-buffers"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
-    )
+def _grouped(records: Sequence[TensorRecord]) -> list[tuple[str, ...]]:
+    """One row per layer stack: same pattern and same row apart from name and bytes."""
+    groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for record in records:
+        row = _row(record)
+        key = (pattern(record.name), *row[1:5], *row[6:])
+        groups.setdefault(key, []).append(row)
+    rows = []
+    for (name, *rest), members in groups.items():
+        label = members[0][0] if len(members) == 1 else f"{name} (x{len(members)})"
+        nbytes = sum(int(member[5].replace(",", "")) for member in members)
+        rows.append((label, *rest[:4], f"{nbytes:,}", *rest[4:]))
+    return rows
 
 
 class Inventory(Sequence[TensorRecord]):
@@ -204,12 +186,17 @@ class Inventory(Sequence[TensorRecord]):
         return sum(counted.values())
 
     def __str__(self) -> str:
-        table = (
-            render_text(_COLUMNS, [_row(record) for record in self._records])
-            if self._records
-            else "(no tensors)"
-        )
-        return "\n".join([table, *(f"scan cut short: {note}" for note in self.notes)])
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH, max_rows: int = 40) -> str:
+        """The table, at most ``width`` columns wide; beyond ``max_rows`` tensors,
+        one row per layer stack (``layers.*.mask (x80)``, bytes summed)."""
+        rows = [_row(record) for record in self._records]
+        if len(rows) > max_rows:
+            rows = _grouped(self._records)
+        table = render_text(_COLUMNS, rows, width) if rows else "(no tensors)"
+        notes = [f"scan cut short: {note}" for note in self.notes]
+        return fit("\n".join([table, *notes]), width)
 
     def __repr__(self) -> str:
         return str(self)

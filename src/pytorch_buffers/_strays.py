@@ -8,14 +8,8 @@ from typing import Self
 
 from torch import nn
 
-from ._inventory import (
-    TensorKind,
-    TensorRecord,
-    inventory,
-    pattern,
-    render_html,
-    render_text,
-)
+from ._inventory import TensorKind, TensorRecord, inventory
+from ._text import WIDTH, fit, pattern, render_html, render_text
 
 # Beyond this many strays, the text groups them by layer stack.
 _MAX_LINES = 20
@@ -117,6 +111,13 @@ class StrayReport(tuple[Stray, ...]):
         return report
 
     def __str__(self) -> str:
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH) -> str:
+        """The report, every line at most ``width`` columns wide."""
+        return fit(self._text(), width)
+
+    def _text(self) -> str:
         cut = [f"scan cut short: {note}" for note in self.notes]
         if not self:
             return "\n".join(
