@@ -46,6 +46,7 @@ def assert_matches_torch(
     assert report.loads_strict == (strict_error is None)
     assert report.strict_error == strict_error
     assert report.loads_non_strict == (lenient_error is None)
+    assert report.non_strict_error == lenient_error
     if lenient_error is None:
         assert {r.key for r in report.missing} == set(missing)
         assert {r.key for r in report.unexpected} == set(unexpected)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ._inventory import Inventory, TensorKind, inventory
-from ._text import WIDTH, fit, pattern, render_text
 from ._meta import LoadAttempt, attempt_load
 from ._module import as_module
+from ._text import WIDTH, fit, pattern, render_text
 
 
 class KeyProblem(Enum):

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ._inventory import TensorKind, TensorRecord, inventory
-from ._text import fit, pattern
 from ._module import as_device, as_module, device_matches, device_missing
+from ._text import fit, pattern
 
 # At most this many lines of misplaced tensors (grouped by layer stack).
 MAX_LINES = 20
@@ -125,7 +125,8 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
         votes = Counter(r.device for r in parameters)
         expected = max(votes, key=lambda d: (votes[d], str(d)))
     split = ""
-    if expected.index is None:  # "cuda": any index, but one index for all
+    index: int | None = expected.index  # None for "cuda": any index, but one for all
+    if index is None:
         on_type = [r for r in records if device_matches(r.device, expected)]
         parameters = [r for r in on_type if r.kind is TensorKind.PARAMETER] or on_type
         votes = Counter(r.device for r in parameters)
@@ -135,7 +136,7 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
             split = (
                 " they are split over "
                 + ", ".join(f"{d} ({n})" for d, n in sorted(counts.items(), key=str))
-                + f"; a forward pass needs one device (if the split is meant, as with "
+                + "; a forward pass needs one device (if the split is meant, as with "
                 "device_map or pipeline stages, check each stage on its own device)."
             )
     misplaced = [r for r in records if not device_matches(r.device, expected)]
@@ -162,4 +163,6 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     if len(lines) > MAX_LINES + 1:
         more = len(lines) - 1 - MAX_LINES
         lines = [*lines[: MAX_LINES + 1], f"  ... and {more} more groups"]
-    raise DeviceMismatchError(fit("\n".join(lines)), {r.name: r.device for r in misplaced})
+    raise DeviceMismatchError(
+        fit("\n".join(lines)), {r.name: r.device for r in misplaced}
+    )

@@ -78,7 +78,9 @@ def meta_copy(module: nn.Module) -> nn.Module:
     try:
         with _CopyOnMeta():
             copied: nn.Module = copy.deepcopy(module, memo)
-    except Exception as error:  # arbitrary user objects: any failure means "cannot copy"
+    except (
+        Exception
+    ) as error:  # arbitrary user objects: any failure means "cannot copy"
         msg = (
             f"cannot make a meta copy of {type(module).__name__} to ask torch "
             f"({type(error).__name__}: {error}); build the model on the meta device "
@@ -146,7 +148,11 @@ class LoadAttempt:
 
 
 def _error_text(error: BaseException) -> str:
-    return str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+    return (
+        str(error)
+        if isinstance(error, RuntimeError)
+        else f"{type(error).__name__}: {error}"
+    )
 
 
 def _torch_error(class_name: str, errors: list[str]) -> str | None:
@@ -154,7 +160,9 @@ def _torch_error(class_name: str, errors: list[str]) -> str | None:
     if not errors:
         return None
     stand_in: nn.Module = type(class_name, (nn.Module,), {})()
-    stand_in.register_load_state_dict_pre_hook(lambda *args: args[-1].extend(errors))
+    stand_in.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
+        lambda *args: args[-1].extend(errors)
+    )
     try:
         stand_in.load_state_dict({}, strict=False)
     except RuntimeError as error:
@@ -192,8 +200,8 @@ def attempt_load(
         seen["errors_then"] = list(seen.get("errors", []))
 
     # Ours run first (errors list) and last (keys, after the module's own hooks).
-    twin.register_load_state_dict_pre_hook(keep_errors)
-    twin.register_load_state_dict_post_hook(keep_keys)
+    twin.register_load_state_dict_pre_hook(keep_errors)  # type: ignore[no-untyped-call]
+    twin.register_load_state_dict_post_hook(keep_keys)  # type: ignore[no-untyped-call]
     recorder = RecordCopies()
     strict_error = non_strict_error = None
     with warnings.catch_warnings():
