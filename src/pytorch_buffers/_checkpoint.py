@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ._inventory import Inventory, TensorKind, inventory
-from ._meta import LoadAttempt, attempt_load
+from ._meta import LoadAttempt, MetaLoader
 from ._module import as_module
 from ._text import WIDTH, fit, pattern, render_text
 
@@ -530,8 +530,10 @@ def _explain(
     max_rows: int,
     find_prefix: bool,
     records: Inventory | None = None,
+    loader: MetaLoader | None = None,
 ) -> StateDictReport:
-    first = attempt_load(root, loaded, assign=assign)
+    loader = loader or MetaLoader(root)
+    first = loader.attempt(loaded, assign=assign)
     mismatched = {
         match["key"]: (_shape(match["checkpoint"]), _shape(match["module"]))
         for match in _SIZE_MISMATCH.finditer(first.non_strict_error or "")
@@ -541,7 +543,7 @@ def _explain(
     base: LoadAttempt = first
     if first.non_strict_error is not None and mismatched:
         kept = {k: v for k, v in loaded.items() if k not in mismatched}
-        base = attempt_load(root, kept, assign=assign)
+        base = loader.attempt(kept, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
     records = records or inventory(root)
@@ -611,6 +613,7 @@ def _explain(
             max_rows=max_rows,
             find_prefix=False,
             records=records,
+            loader=loader,
         )
         code = (
             "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("

@@ -25,7 +25,8 @@ def _meta_twin(tensor: torch.Tensor) -> torch.Tensor | None:
         twin = tensor.detach().to("meta")
     except (RuntimeError, NotImplementedError):  # quantized and other exotic tensors
         return None
-    if isinstance(tensor, nn.Parameter):
+    # issubclass: Parameter's isinstance check is slow under a torch function mode.
+    if issubclass(type(tensor), nn.Parameter):
         return nn.Parameter(twin, requires_grad=tensor.requires_grad)
     return twin
 
@@ -183,11 +184,41 @@ def own_copy(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
     return own
 
 
+def _snapshot(twin: nn.Module) -> list[tuple[int, list[tuple[str, int]]]]:
+    """Which object each attribute of each submodule holds (to see a load change it)."""
+    return [
+        (id(sub), [(name, id(value)) for name, value in vars(sub).items()])
+        for sub in twin.modules()
+    ]
+
+
+class MetaLoader:
+    """Loads into meta copies of one module; a copy that a load left as it was
+    (no ``assign``, no attribute of any submodule replaced) serves the next load."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self._spare: tuple[nn.Module, list[tuple[int, list[tuple[str, int]]]]] | None
+        self._spare = None
+
+    def attempt(self, state_dict: Mapping[str, Any], *, assign: bool) -> LoadAttempt:
+        """Load ``state_dict`` into a meta copy and record what torch did."""
+        if self._spare is not None:
+            twin, snapshot = self._spare
+            self._spare = None
+        else:
+            twin = copy_for_loading(self.module)
+            snapshot = _snapshot(twin)
+        result = attempt_load(twin, state_dict, assign=assign)
+        if not assign and _snapshot(twin) == snapshot:
+            self._spare = twin, snapshot
+        return result
+
+
 def attempt_load(
-    module: nn.Module, state_dict: Mapping[str, Any], *, assign: bool
+    twin: nn.Module, state_dict: Mapping[str, Any], *, assign: bool
 ) -> LoadAttempt:
-    """Load ``state_dict`` into a meta copy of ``module`` and record what torch did."""
-    twin = copy_for_loading(module)
+    """Load ``state_dict`` into ``twin`` (a meta copy) and record what torch did."""
     before = twin.state_dict(keep_vars=True)
     seen: dict[str, list[Any]] = {}
 
@@ -200,8 +231,10 @@ def attempt_load(
         seen["errors_then"] = list(seen.get("errors", []))
 
     # Ours run first (errors list) and last (keys, after the module's own hooks).
-    twin.register_load_state_dict_pre_hook(keep_errors)  # type: ignore[no-untyped-call]
-    twin.register_load_state_dict_post_hook(keep_keys)  # type: ignore[no-untyped-call]
+    hooks = (
+        twin.register_load_state_dict_pre_hook(keep_errors),  # type: ignore[no-untyped-call]
+        twin.register_load_state_dict_post_hook(keep_keys),  # type: ignore[no-untyped-call]
+    )
     recorder = RecordCopies()
     strict_error = non_strict_error = None
     with warnings.catch_warnings():
@@ -218,6 +251,8 @@ def attempt_load(
                 if "errors_then" in seen
                 else strict_error  # raised before torch checked the keys
             )
+    for hook in hooks:
+        hook.remove()
     after = twin.state_dict(keep_vars=True)
     filled = frozenset(
         name

@@ -42,28 +42,55 @@ def fit(text: str, width: int = WIDTH) -> str:
     )
 
 
-def render_text(
-    header: Sequence[str], rows: Sequence[Sequence[str]], width: int = WIDTH
-) -> str:
-    """A fixed-width text table no wider than ``width``: the last column wraps in
-    place when the others leave it room, else each wide line wraps."""
+def _rows_wrapped(
+    header: Sequence[str], rows: Sequence[Sequence[str]], width: int
+) -> tuple[list[str], list[list[str]]] | None:
+    """Header lines and each row's lines, the last column wrapped in place; None
+    when the other columns leave it fewer than ``_MIN_LAST_COLUMN`` columns."""
     widths = [
         max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)
     ]
     fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    last = max(width - fixed, _MIN_LAST_COLUMN)
-    widths[-1] = min(widths[-1], last)
-    lines = []
-    for row in (header, *rows):
+    if fixed + min(widths[-1], _MIN_LAST_COLUMN) > width:
+        return None
+    widths[-1] = min(widths[-1], width - fixed)
+
+    def lines_of(row: Sequence[str]) -> list[str]:
         *cells, tail = row
         pieces = textwrap.wrap(tail, widths[-1], break_on_hyphens=False) or [""]
-        lead = "  ".join(
-            cell.ljust(size) for cell, size in zip(cells, widths, strict=False)
+        lead = "".join(
+            cell.ljust(size) + "  " for cell, size in zip(cells, widths, strict=False)
         )
-        lines.append(f"{lead}  {pieces[0]}".rstrip())
-        lines.extend(f"{' ' * len(lead)}  {piece}" for piece in pieces[1:])
-        if row is header:
-            lines.append("  ".join("-" * size for size in widths))
+        first = f"{lead}{pieces[0]}".rstrip()
+        return [first, *(" " * len(lead) + piece for piece in pieces[1:])]
+
+    rule = "  ".join("-" * size for size in widths)
+    return [*lines_of(header), rule], [lines_of(row) for row in rows]
+
+
+def render_text(
+    header: Sequence[str], rows: Sequence[Sequence[str]], width: int = WIDTH
+) -> str:
+    """A fixed-width text table no wider than ``width``.
+
+    The last column wraps in place when the others leave it room; else each
+    row's first cell (a long name) gets a line of its own, the other cells
+    indented below it; lines still too wide are wrapped.
+    """
+    table = _rows_wrapped(header, rows, width)
+    if table is not None:
+        head, body = table
+        return fit("\n".join([*head, *(line for row in body for line in row)]), width)
+    indent = "    "
+    rest = _rows_wrapped(header[1:], [row[1:] for row in rows], width - len(indent))
+    if len(header) < 3 or rest is None:  # a name and at least two columns
+        lines = ["  ".join(row) for row in (header, *rows)]
+        return fit("\n".join(lines), width)
+    head, body = rest
+    lines = [header[0], *(indent + line for line in head)]
+    for row, row_lines in zip(rows, body, strict=True):
+        lines.append(row[0])
+        lines.extend(indent + line for line in row_lines)
     return fit("\n".join(lines), width)
 
 
