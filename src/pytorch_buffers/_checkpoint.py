@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections import Counter
@@ -16,7 +15,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from ._files import as_state_dict, read_checkpoint
 from ._inventory import Inventory, TensorKind, inventory
+from ._keys import copy_of_non_persistent, droppable_code, empty_slot, extra_state
 from ._meta import LoadAttempt, MetaLoader
 from ._module import as_module
 from ._text import WIDTH, fit, pattern, render_text
@@ -309,12 +310,28 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         return lines
 
+    def _drop_lines(self) -> list[str]:
+        if "drop_fix" not in self._details:
+            return []
+        count, code, loads = self._details["drop_fix"]
+        after = (
+            "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
+            if loads
+            else "after that, torch still objects to the keys below"
+        )
+        return [
+            f"Drop the {count} key(s) marked safe (the module computes them). Fix:",
+            f"    {code}",
+            f"  {after}",
+        ]
+
     def __str__(self) -> str:
         return self.to_text()
 
     def to_text(self, width: int = WIDTH) -> str:
         """The report, every line at most ``width`` columns wide."""
         lines = self._verdict_lines() + self._assign_lines() + self._prefix_lines()
+        lines += self._drop_lines()
         rows = self._groups()
         if rows:
             capped = rows[: self.max_rows]
@@ -356,88 +373,6 @@ def _capped(names: Sequence[str], limit: int) -> list[str]:
     return lines
 
 
-def _load(path: Path, function: str) -> Any:
-    if path.is_dir():
-        weights = sorted(
-            p.name
-            for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
-            for p in path.glob(pattern)
-        )
-        hint = (
-            f"pass one of the weights files inside it: {weights[:5]}"
-            if weights
-            else "pass the checkpoint file inside it"
-        )
-        msg = f"{function}() got the folder {str(path)!r}, not a file; {hint}"
-        raise ValueError(msg)
-    if not path.is_file():
-        msg = f"{function}() cannot read {str(path)!r}: no such file"
-        raise ValueError(msg)
-    if path.stat().st_size == 0:
-        msg = f"{function}() cannot read {str(path)!r}: the file is empty (0 bytes); was the save interrupted?"
-        raise ValueError(msg)
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path, function)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types on a damaged file
-        first_line = (str(error).splitlines() or [""])[0]
-        msg = (
-            f"{function}() cannot read {str(path)!r} as a checkpoint with "
-            f"torch.load(weights_only=True): {type(error).__name__}: {first_line}; "
-            "pass a file written by torch.save (a truncated or text file cannot be "
-            "read), or a .safetensors file"
-        )
-        raise ValueError(msg) from error
-
-
-def _load_safetensors(path: Path, function: str) -> Any:
-    try:
-        load_file = importlib.import_module("safetensors.torch").load_file
-    except ImportError as error:
-        msg = (
-            f"{function}() needs the safetensors package to read {str(path)!r}: "
-            "pip install safetensors"
-        )
-        raise ValueError(msg) from error
-    try:
-        return load_file(path, device="cpu")
-    except Exception as error:  # safetensors raises its own error types
-        msg = (
-            f"{function}() cannot read {str(path)!r} as a safetensors file: "
-            f"{type(error).__name__}: {error}"
-        )
-        raise ValueError(msg) from error
-
-
-def _as_state_dict(loaded: Any, key: str | None) -> Mapping[str, Any]:
-    if key is not None:
-        if not isinstance(loaded, Mapping) or key not in loaded:
-            found = sorted(map(str, loaded)) if isinstance(loaded, Mapping) else []
-            msg = f"explain_state_dict() found no key {key!r} in the checkpoint; keys: {found}"
-            raise ValueError(msg)
-        loaded = loaded[key]
-    if not isinstance(loaded, Mapping):
-        msg = (
-            "explain_state_dict() expects a state dict (a mapping of names to tensors), "
-            f"got {type(loaded).__name__}"
-        )
-        raise TypeError(msg)
-    if loaded and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
-        wrapped = [name for name, value in loaded.items() if isinstance(value, Mapping)]
-        hint = (
-            f"; it looks like a wrapper: pass key={wrapped[0]!r}"
-            if wrapped
-            else "; if the checkpoint wraps the state dict, pass key='model'"
-        )
-        msg = (
-            "explain_state_dict() expects a mapping of names to tensors, but none of "
-            f"its values ({list(loaded)[:5]}) are tensors{hint}"
-        )
-        raise ValueError(msg)
-    return loaded
-
-
 def _advice_missing(
     kind: TensorKind | None, partners: Sequence[str], *, filled: bool
 ) -> str:
@@ -459,13 +394,50 @@ def _advice_missing(
     )
 
 
-def _advice_unexpected(kind: TensorKind | None) -> str:
+def _unexpected_row(
+    root: nn.Module,
+    name: str,
+    kind: TensorKind | None,
+    value: Any,
+    records: Inventory,
+) -> KeyReport:
+    """An unexpected key, named by what the module holds there (if anything)."""
+    problem = KeyProblem.UNEXPECTED
     if kind is TensorKind.NON_PERSISTENT_BUFFER:
-        return (
+        advice = (
             "saved while the buffer was persistent; the module now rebuilds it, so "
-            "drop the key (state_dict.pop(key))"
+            "drop the key"
         )
-    return "not in the module: a renamed or removed tensor? strict=False would silently ignore it"
+        return KeyReport(name, problem, kind, True, advice)
+    slot = empty_slot(root, name)
+    if slot is not None:
+        advice = (
+            f"the module's {slot} slot holds None (e.g. bias=False), so torch skips "
+            "the key; the saved model had this tensor: build the module with it, or "
+            "its outputs differ from the saved model's"
+        )
+        return KeyReport(name, problem, kind, False, advice)
+    extra = extra_state(root, name)
+    if extra is not None:
+        return KeyReport(name, problem, kind, False, f"{extra}: torch ignores it")
+    copy = copy_of_non_persistent(root, name, value, records)
+    if copy is not None and copy[1]:
+        advice = (
+            f"a copy of the module's non-persistent buffer {copy[0]} (equal values, "
+            "checked): the module computes it, so drop the key"
+        )
+        return KeyReport(name, problem, kind, True, advice)
+    if copy is not None:
+        advice = (
+            f"same name, shape and dtype as the non-persistent buffer {copy[0]}, "
+            "which is on meta: no values to compare; drop the key if it is derived"
+        )
+        return KeyReport(name, problem, kind, False, advice)
+    advice = (
+        "not in the module: a renamed or removed tensor? strict=False would "
+        "silently ignore it"
+    )
+    return KeyReport(name, problem, kind, False, advice)
 
 
 def explain_state_dict(
@@ -510,9 +482,11 @@ def explain_state_dict(
         msg = f"explain_state_dict() expects max_rows to be a positive int, got {max_rows!r}"
         raise ValueError(msg)
     if isinstance(state_dict, str | os.PathLike):
-        loaded = _as_state_dict(_load(Path(state_dict), "explain_state_dict"), key)
+        loaded = as_state_dict(
+            read_checkpoint(Path(state_dict), "explain_state_dict"), key
+        )
     elif isinstance(state_dict, Mapping):
-        loaded = _as_state_dict(state_dict, key)
+        loaded = as_state_dict(state_dict, key)
     else:  # untyped callers
         msg = (  # type: ignore[unreachable]
             "explain_state_dict() expects a state dict or a checkpoint path, got "
@@ -569,7 +543,8 @@ def _explain(
                 module_shape,
             )
         )
-    for name in base.missing:
+    # dict.fromkeys: torch lists some keys twice (QAT's fake-quant scale).
+    for name in dict.fromkeys(base.missing):
         if name in mismatched:
             continue
         partners = [
@@ -579,29 +554,27 @@ def _explain(
         ]
         kind = kinds.get(name)
         filled = name in base.filled
+        extra = extra_state(root, name)
+        advice = _advice_missing(kind, partners, filled=filled)
+        if extra and kind is None:
+            advice = f"{extra}: it keeps what the module's __init__ gave it"
         rows.append(
-            KeyReport(
-                name,
-                KeyProblem.MISSING,
-                kind,
-                filled and bool(partners),
-                _advice_missing(kind, partners, filled=filled),
-            )
+            KeyReport(name, KeyProblem.MISSING, kind, filled and bool(partners), advice)
         )
-    for name in base.unexpected:
+    for name in dict.fromkeys(base.unexpected):
         kind = kinds.get(name)
-        rows.append(
-            KeyReport(
-                name,
-                KeyProblem.UNEXPECTED,
-                kind,
-                kind is TensorKind.NON_PERSISTENT_BUFFER,
-                _advice_unexpected(kind),
-            )
-        )
+        rows.append(_unexpected_row(root, name, kind, loaded.get(name), records))
+
+    droppable = [
+        r.key for r in rows if r.problem is KeyProblem.UNEXPECTED and r.safe_to_ignore
+    ]
+    details: dict[str, Any] = {}
+    if droppable and base is first:
+        code, dropped = droppable_code(droppable, loaded)
+        after_drop = loader.attempt(dropped, assign=assign)
+        details["drop_fix"] = (len(droppable), code, after_drop.strict_error is None)
 
     prefix_fix = None
-    details: dict[str, Any] = {}
     found = _find_prefix(base.missing, base.unexpected) if find_prefix else None
     if found is not None:
         action, prefix, _ = found
