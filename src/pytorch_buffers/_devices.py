@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from ._inventory import TensorKind, TensorRecord, inventory
+from ._meta import torch_answers
 from ._module import as_device, as_module, device_matches, device_missing
 from ._text import fit, pattern
 
@@ -28,21 +28,11 @@ class DeviceMismatchError(RuntimeError):
         self.misplaced = misplaced
 
 
-@functools.cache
 def _torch_says() -> tuple[bool, str]:
-    """Ask torch on ``meta``: does a 0-dim CPU tensor mix with tensors elsewhere, and
+    """Ask torch (on meta): does a 0-dim CPU tensor mix with tensors elsewhere, and
     what does ``.to()`` say to a tensor that holds no data?"""
-    on_meta = torch.ones(2, device="meta")
-    try:
-        scalar_mixes = (on_meta * torch.tensor(2.0)).device == on_meta.device
-    except RuntimeError:
-        scalar_mixes = False
-    try:
-        on_meta.to("cpu")
-        no_data = ""
-    except (NotImplementedError, RuntimeError) as error:
-        no_data = f"{type(error).__name__}: {error}"
-    return scalar_mixes, no_data
+    answers = torch_answers()
+    return answers.scalar_mixes, answers.no_data
 
 
 def _how_to_fix(record: TensorRecord, expected: torch.device) -> str:
@@ -68,6 +58,8 @@ def _how_to_fix(record: TensorRecord, expected: torch.device) -> str:
             "register each item as a buffer (self.register_buffer(...), "
             "persistent=False for caches); .to() does not look inside containers"
         )
+        if record.requires_grad:
+            fix += "; a trainable one goes in nn.ParameterList"
     else:
         fix = f"call model.to({str(expected)!r}) after creating or loading it"
     if not record.shape and record.device.type == "cpu" and _torch_says()[0]:

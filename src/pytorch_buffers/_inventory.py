@@ -74,6 +74,10 @@ class TensorRecord:
     rebuilt_by_hook: bool = False
     #: False for a lazy module's parameter before its first forward.
     initialized: bool = True
+    #: The parameters an unregistered tensor shares memory with (a view such as
+    #: ``self.weight.t()``), by name.
+    view_of: tuple[str, ...] = ()
+    requires_grad: bool = False
     tensor_id: int = field(default=0, compare=False, repr=False)
 
     @property
@@ -324,6 +328,25 @@ def _tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def _has_storage(tensor: torch.Tensor) -> bool:
+    """Whether the tensor has memory of its own to compare (not meta, not lazy)."""
+    if is_lazy(tensor) or tensor.device.type == "meta" or tensor.is_sparse:
+        return False
+    try:
+        return tensor.untyped_storage().data_ptr() != 0
+    except (RuntimeError, NotImplementedError):  # tensors without storage
+        return False
+
+
+def _parameter_storages(root: nn.Module) -> dict[int, list[str]]:
+    """Parameter names by the address of their memory."""
+    found: dict[int, list[str]] = {}
+    for name, parameter in root.named_parameters():
+        if _has_storage(parameter):
+            found.setdefault(parameter.untyped_storage().data_ptr(), []).append(name)
+    return found
+
+
 def inventory(module: nn.Module) -> Inventory:
     """List every tensor ``module`` holds, recursively through its submodules.
 
@@ -345,7 +368,9 @@ def inventory(module: nn.Module) -> Inventory:
       ``meta`` device replaces parameters instead (torch swaps data in place
       only between compatible tensor types), so there their aliases go stale too;
     - attributes the old ``weight_norm``/``spectral_norm`` rebuild before each
-      forward (``rebuilt_by_hook``), which are not strays.
+      forward (``rebuilt_by_hook``), which are not strays;
+    - unregistered tensors that share memory with a parameter (``view_of``,
+      e.g. ``self.weight_t = self.weight.t()``).
 
     0-d tensors count like any other. Other objects' attributes are not
     scanned. A tensor reachable under several names of the same kind (tied
@@ -387,6 +412,7 @@ def inventory(module: nn.Module) -> Inventory:
             add(dotted + label, kind, tensor)
 
     parameter_alias_follows, buffer_alias_follows = _alias_probe()
+    storages: dict[int, list[str]] | None = None
     records = []
     for (tensor_id, kind), names in found.items():
         tensor = tensors[tensor_id]
@@ -400,6 +426,11 @@ def inventory(module: nn.Module) -> Inventory:
                 else buffer_alias_follows
             )
         lazy = is_lazy(tensor)
+        view_of: tuple[str, ...] = ()
+        if not kind.moved_by_to and not alias_of and _has_storage(tensor):
+            if storages is None:
+                storages = _parameter_storages(root)
+            view_of = tuple(storages.get(tensor.untyped_storage().data_ptr(), ()))
         records.append(
             TensorRecord(
                 names=tuple(dict.fromkeys(names)),
@@ -413,6 +444,8 @@ def inventory(module: nn.Module) -> Inventory:
                 moved=moved,
                 rebuilt_by_hook=any(name in rebuilt for name in names),
                 initialized=not lazy,
+                view_of=view_of,
+                requires_grad=tensor.requires_grad,
                 tensor_id=tensor_id,
             )
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -284,3 +285,38 @@ def attempt_load(
         changes,
         broken,
     )
+
+
+@dataclass(frozen=True)
+class TorchAnswers:
+    """What torch answered to small probes (on ``meta`` or tiny CPU tensors)."""
+
+    #: A 0-dim CPU tensor combines with a tensor on another device (meta here).
+    scalar_mixes: bool
+    #: What ``.to()`` raises for a tensor that holds no data ("" if it does not).
+    no_data: str
+    #: A buffer registered as a view of a parameter still shares its memory
+    #: after ``module.to(float64)``.
+    view_buffer_follows: bool
+
+
+@functools.cache
+def torch_answers() -> TorchAnswers:
+    """Ask torch once per process."""
+    on_meta = torch.ones(2, device="meta")
+    try:
+        scalar_mixes = (on_meta * torch.tensor(2.0)).device == on_meta.device
+    except RuntimeError:
+        scalar_mixes = False
+    try:
+        on_meta.to("cpu")
+        no_data = ""
+    except (NotImplementedError, RuntimeError) as error:
+        no_data = f"{type(error).__name__}: {error}"
+    probe = nn.Linear(2, 2)
+    probe.register_buffer("weight_t", probe.weight.detach().t())
+    probe.to(torch.float64)
+    follows = probe.weight_t.untyped_storage().data_ptr() == (
+        probe.weight.untyped_storage().data_ptr()
+    )
+    return TorchAnswers(scalar_mixes, no_data, follows)
