@@ -316,7 +316,8 @@ def torch_answers() -> TorchAnswers:
     probe = nn.Linear(2, 2)
     probe.register_buffer("weight_t", probe.weight.detach().t())
     probe.to(torch.float64)
-    follows = probe.weight_t.untyped_storage().data_ptr() == (
+    view = probe.get_buffer("weight_t")
+    follows = view.untyped_storage().data_ptr() == (
         probe.weight.untyped_storage().data_ptr()
     )
     return TorchAnswers(scalar_mixes, no_data, follows)
