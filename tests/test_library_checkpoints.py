@@ -289,15 +289,23 @@ def test_bad_checkpoint_files(tmp_path: Path):
     folder = tmp_path / "hf-model"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"folder.*'model\.safetensors'"):
+    with pytest.raises(ValueError, match=r"model\.safetensors.*empty"):
+        pb.explain_state_dict(mlp(), folder)  # a folder's one file is read
+    (folder / "other.pt").write_bytes(b"x")
+    with pytest.raises(
+        ValueError, match=r"folder.*not one checkpoint.*'model\.safetensors'"
+    ):
         pb.explain_state_dict(mlp(), folder)
 
 
-def test_wrapped_checkpoint_hint():
+def test_wrapped_checkpoint_is_found():
     state = {"model": mlp().state_dict(), "epoch": 3}
-    with pytest.raises(ValueError, match="pass key='model'"):
-        pb.explain_state_dict(mlp(), state)
+    report = pb.explain_state_dict(mlp(), state)
+    assert report.loads_strict
+    assert "the state dict is checkpoint['model']" in " ".join(str(report).split())
     assert pb.explain_state_dict(mlp(), state, key="model").loads_strict
+    with pytest.raises(ValueError, match="pass key="):
+        pb.explain_state_dict(mlp(), {"config": {"lr": 0.1}})
 
 
 def test_safetensors_files(tmp_path: Path):

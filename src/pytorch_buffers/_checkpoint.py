@@ -310,6 +310,16 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         return lines
 
+    def _found_lines(self) -> list[str]:
+        if "found_at" not in self._details:
+            return []
+        where, tensors = self._details["found_at"]
+        line = (
+            f"Checkpoint: the state dict is {where} ({tensors} tensors), the entry "
+            "holding the most tensors named like the module's keys"
+        )
+        return [line]
+
     def _drop_lines(self) -> list[str]:
         if "drop_fix" not in self._details:
             return []
@@ -330,7 +340,8 @@ class StateDictReport(tuple[KeyReport, ...]):
 
     def to_text(self, width: int = WIDTH) -> str:
         """The report, every line at most ``width`` columns wide."""
-        lines = self._verdict_lines() + self._assign_lines() + self._prefix_lines()
+        lines = self._found_lines() + self._verdict_lines() + self._assign_lines()
+        lines += self._prefix_lines()
         lines += self._drop_lines()
         rows = self._groups()
         if rows:
@@ -461,9 +472,14 @@ def explain_state_dict(
 
     ``state_dict`` is a mapping of names to tensors (non-tensor entries such as
     extra state are fine), or the path of a ``torch.save`` checkpoint (read with
-    ``torch.load(..., weights_only=True)`` onto the CPU) or of a ``.safetensors``
-    file. Use ``key`` when the checkpoint wraps the state dict
-    (``key="model"``), ``assign=True`` for the verdict of
+    ``torch.load(..., weights_only=True)`` onto the CPU), of a ``.safetensors``
+    file, or of a folder of shards (transformers' ``*.index.json``, or
+    ``*-00001-of-00002.*`` files), merged. A checkpoint that wraps the state
+    dict (``{"epoch": ..., "state_dict": {...}}``, at any depth) is searched:
+    the mapping holding the most tensors named like the module's keys is used,
+    and the report says where it was; ``key`` picks one by name instead.
+    A file that pickles a whole module is refused with the recipe for trusted
+    files. Use ``assign=True`` for the verdict of
     ``load_state_dict(..., assign=True)``, and ``max_rows`` to cap the rows of
     the printed report. Nothing in the module is changed.
 
@@ -471,8 +487,9 @@ def explain_state_dict(
         TypeError: if ``module`` is not an ``nn.Module`` or ``state_dict`` is not
             a mapping or a path.
         ValueError: if the path cannot be read as a checkpoint (empty, truncated,
-            a text file, a folder), ``key`` is not in it, none of its values are
-            tensors, or the module cannot be copied.
+            a text file, a pickled module, a folder that is not one checkpoint),
+            ``key`` is not in it, no mapping in it holds tensors, or the module
+            cannot be copied.
     """
     root = as_module(module, function="explain_state_dict", look_through=False)
     if not isinstance(assign, bool):  # untyped callers
@@ -481,19 +498,23 @@ def explain_state_dict(
     if not isinstance(max_rows, int) or max_rows < 1:
         msg = f"explain_state_dict() expects max_rows to be a positive int, got {max_rows!r}"
         raise ValueError(msg)
+    module_keys = root.state_dict(keep_vars=True).keys()
     if isinstance(state_dict, str | os.PathLike):
-        loaded = as_state_dict(
-            read_checkpoint(Path(state_dict), "explain_state_dict"), key
-        )
+        checkpoint = read_checkpoint(Path(state_dict), "explain_state_dict")
+        loaded, where = as_state_dict(checkpoint, key, module_keys)
     elif isinstance(state_dict, Mapping):
-        loaded = as_state_dict(state_dict, key)
+        loaded, where = as_state_dict(state_dict, key, module_keys)
     else:  # untyped callers
         msg = (  # type: ignore[unreachable]
             "explain_state_dict() expects a state dict or a checkpoint path, got "
             f"{type(state_dict).__name__}"
         )
         raise TypeError(msg)
-    return _explain(root, loaded, assign=assign, max_rows=max_rows, find_prefix=True)
+    report = _explain(root, loaded, assign=assign, max_rows=max_rows, find_prefix=True)
+    if where is not None and key is None:
+        tensors = sum(isinstance(value, torch.Tensor) for value in loaded.values())
+        report._details["found_at"] = (where, tensors)
+    return report
 
 
 def _explain(
