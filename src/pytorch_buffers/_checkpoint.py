@@ -7,7 +7,6 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Self
 
@@ -15,36 +14,21 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._files import as_state_dict, read_checkpoint
+from ._files import as_state_dict, plain_sentences, read_checkpoint
 from ._inventory import Inventory, TensorKind, inventory
-from ._keys import copy_of_non_persistent, droppable_code, empty_slot, extra_state
-from ._meta import LoadAttempt, MetaLoader
+from ._keys import (
+    KeyProblem,
+    KeyReport,
+    advice_missing,
+    droppable_code,
+    extra_state,
+    rnn_direction,
+    shape_advice,
+    unexpected_row,
+)
+from ._meta import LoadAttempt, MetaLoader, reshaped_attempt
 from ._module import as_module
 from ._text import WIDTH, fit, pattern, render_text
-
-
-class KeyProblem(Enum):
-    """What ``load_state_dict(strict=True)`` objects to for one key."""
-
-    MISSING = "missing"
-    UNEXPECTED = "unexpected"
-    SHAPE_MISMATCH = "shape mismatch"
-
-
-@dataclass(frozen=True)
-class KeyReport:
-    """One key ``load_state_dict`` objects to, and whether ``strict=False`` is safe for it.
-
-    ``checkpoint_shape`` and ``module_shape`` are set for shape mismatches.
-    """
-
-    key: str
-    problem: KeyProblem
-    kind: TensorKind | None  # what the key is in the module; None: not in the module
-    safe_to_ignore: bool
-    advice: str
-    checkpoint_shape: tuple[int, ...] | None = None
-    module_shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,10 +177,9 @@ class StateDictReport(tuple[KeyReport, ...]):
         if not self.loads_strict:
             if not self.loads_non_strict:
                 reason = (
-                    "shapes differ: drop those keys (e.g. a new classifier head) and "
-                    "load the rest with strict=False"
+                    "shapes differ, see below"
                     if self.shape_mismatches
-                    else (self.non_strict_error or "").splitlines()[-1].strip()
+                    else plain_sentences((self.non_strict_error or "").splitlines()[-1])
                 )
                 verdict = f"raises too ({reason})"
             elif self.safe_with_strict_false:
@@ -310,6 +293,30 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         return lines
 
+    def _shape_lines(self) -> list[str]:
+        lines = []
+        if "shape_drop" in self._details:
+            dropped, missing = self._details["shape_drop"]
+            names = ", ".join(repr(name) for name in dropped[:4])
+            more = ", ..." if len(dropped) > 4 else ""
+            kept = _capped(missing, 5)
+            lines += [
+                f"Drop the {len(dropped)} key(s) whose shapes differ. Fix:",
+                (
+                    "    state_dict = {k: v for k, v in state_dict.items() if k not in "
+                    f"{{{names}{more}}}}}"
+                ),
+                "  then load_state_dict(strict=False) loads (torch checked it on a meta "
+                f"copy); {len(missing)} tensor(s) keep their initial (random) values: "
+                + ", ".join(kept),
+            ]
+        if self._details.get("reshape_fix"):
+            lines.append(
+                "A module built with the checkpoint's shapes loads it with strict=True "
+                "(torch checked it on a meta copy): the shapes are the only difference."
+            )
+        return lines
+
     def _found_lines(self) -> list[str]:
         if "found_at" not in self._details:
             return []
@@ -341,7 +348,7 @@ class StateDictReport(tuple[KeyReport, ...]):
     def to_text(self, width: int = WIDTH) -> str:
         """The report, every line at most ``width`` columns wide."""
         lines = self._found_lines() + self._verdict_lines() + self._assign_lines()
-        lines += self._prefix_lines()
+        lines += self._shape_lines() + self._prefix_lines()
         lines += self._drop_lines()
         rows = self._groups()
         if rows:
@@ -382,73 +389,6 @@ def _capped(names: Sequence[str], limit: int) -> list[str]:
     if len(lines) > limit:
         lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
     return lines
-
-
-def _advice_missing(
-    kind: TensorKind | None, partners: Sequence[str], *, filled: bool
-) -> str:
-    if partners and filled:
-        return (
-            f"filled anyway: it is the same tensor as {partners[0]}, which the "
-            "checkpoint has (tied weights)"
-        )
-    if partners:
-        return (
-            f"assign=True gives {partners[0]} the checkpoint's tensor and leaves this "
-            "one as it was: the tie is broken; tie them again after loading"
-        )
-    if kind is TensorKind.PARAMETER:
-        return "the parameter would keep its random initial value"
-    return (
-        "the buffer would keep the value the module's __init__ gave it (e.g. reset "
-        "running statistics); safe only if that value is right"
-    )
-
-
-def _unexpected_row(
-    root: nn.Module,
-    name: str,
-    kind: TensorKind | None,
-    value: Any,
-    records: Inventory,
-) -> KeyReport:
-    """An unexpected key, named by what the module holds there (if anything)."""
-    problem = KeyProblem.UNEXPECTED
-    if kind is TensorKind.NON_PERSISTENT_BUFFER:
-        advice = (
-            "saved while the buffer was persistent; the module now rebuilds it, so "
-            "drop the key"
-        )
-        return KeyReport(name, problem, kind, True, advice)
-    slot = empty_slot(root, name)
-    if slot is not None:
-        advice = (
-            f"the module's {slot} slot holds None (e.g. bias=False), so torch skips "
-            "the key; the saved model had this tensor: build the module with it, or "
-            "its outputs differ from the saved model's"
-        )
-        return KeyReport(name, problem, kind, False, advice)
-    extra = extra_state(root, name)
-    if extra is not None:
-        return KeyReport(name, problem, kind, False, f"{extra}: torch ignores it")
-    copy = copy_of_non_persistent(root, name, value, records)
-    if copy is not None and copy[1]:
-        advice = (
-            f"a copy of the module's non-persistent buffer {copy[0]} (equal values, "
-            "checked): the module computes it, so drop the key"
-        )
-        return KeyReport(name, problem, kind, True, advice)
-    if copy is not None:
-        advice = (
-            f"same name, shape and dtype as the non-persistent buffer {copy[0]}, "
-            "which is on meta: no values to compare; drop the key if it is derived"
-        )
-        return KeyReport(name, problem, kind, False, advice)
-    advice = (
-        "not in the module: a renamed or removed tensor? strict=False would "
-        "silently ignore it"
-    )
-    return KeyReport(name, problem, kind, False, advice)
 
 
 def explain_state_dict(
@@ -548,11 +488,22 @@ def _explain(
         ties.setdefault(id(value), []).append(name)
 
     rows: list[KeyReport] = []
+    details: dict[str, Any] = {}
+    if mismatched:
+        checkpoint_shapes = {name: shapes[0] for name, shapes in mismatched.items()}
+        try:
+            reshaped = reshaped_attempt(root, loaded, checkpoint_shapes, assign=assign)
+            fits = reshaped.strict_error is None
+        except (AttributeError, RuntimeError, TypeError):  # a key torch named oddly
+            fits = False
+        details["reshape_fix"] = fits
+        if base.non_strict_error is None:
+            details["shape_drop"] = (
+                tuple(mismatched),
+                tuple(name for name in dict.fromkeys(base.missing)),
+            )
     for name, (checkpoint_shape, module_shape) in mismatched.items():
-        advice = (
-            f"checkpoint {list(checkpoint_shape)} vs module {list(module_shape)}: "
-            "strict=False still raises; drop the key and load with strict=False"
-        )
+        advice = shape_advice(root, name, checkpoint_shape, module_shape)
         rows.append(
             KeyReport(
                 name,
@@ -576,20 +527,20 @@ def _explain(
         kind = kinds.get(name)
         filled = name in base.filled
         extra = extra_state(root, name)
-        advice = _advice_missing(kind, partners, filled=filled)
+        advice = advice_missing(kind, partners, filled=filled)
         if extra and kind is None:
             advice = f"{extra}: it keeps what the module's __init__ gave it"
+        advice = rnn_direction(root, name, missing=True) or advice
         rows.append(
             KeyReport(name, KeyProblem.MISSING, kind, filled and bool(partners), advice)
         )
     for name in dict.fromkeys(base.unexpected):
         kind = kinds.get(name)
-        rows.append(_unexpected_row(root, name, kind, loaded.get(name), records))
+        rows.append(unexpected_row(root, name, kind, loaded.get(name), records))
 
     droppable = [
         r.key for r in rows if r.problem is KeyProblem.UNEXPECTED and r.safe_to_ignore
     ]
-    details: dict[str, Any] = {}
     if droppable and base is first:
         code, dropped = droppable_code(droppable, loaded)
         after_drop = loader.attempt(dropped, assign=assign)

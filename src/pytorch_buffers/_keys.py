@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._inventory import Inventory, TensorKind
+
+
+class KeyProblem(Enum):
+    """What ``load_state_dict(strict=True)`` objects to for one key."""
+
+    MISSING = "missing"
+    UNEXPECTED = "unexpected"
+    SHAPE_MISMATCH = "shape mismatch"
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    """One key ``load_state_dict`` objects to, and whether ``strict=False`` is safe for it.
+
+    ``checkpoint_shape`` and ``module_shape`` are set for shape mismatches.
+    """
+
+    key: str
+    problem: KeyProblem
+    kind: TensorKind | None  # what the key is in the module; None: not in the module
+    safe_to_ignore: bool
+    advice: str
+    checkpoint_shape: tuple[int, ...] | None = None
+    module_shape: tuple[int, ...] | None = None
+
 
 _EXTRA_STATE = "_extra_state"  # torch's name for get_extra_state's entry
 
@@ -102,3 +129,138 @@ def droppable_code(
     more = ", ..." if len(keys) > 3 else ""
     code = f"for key in [{names}{more}]: state_dict.pop(key)"
     return code, {k: v for k, v in checkpoint.items() if k not in set(keys)}
+
+
+_HEAD_NAMES = ("head", "classifier", "fc", "score", "out_proj", "output")
+
+
+def shape_advice(
+    root: nn.Module,
+    key: str,
+    checkpoint_shape: tuple[int, ...],
+    module_shape: tuple[int, ...],
+) -> str:
+    """What a mis-shaped key is, from the module that holds it, and its fix."""
+    owner, _ = _owner(root, key)
+    sizes = f"checkpoint {list(checkpoint_shape)} vs module {list(module_shape)}"
+    path = key.rpartition(".")[0]
+    if isinstance(owner, nn.Embedding) and "position" in path:
+        return (
+            f"{sizes}: a position table of another length; interpolate the "
+            "checkpoint's table to the module's length, or build the model with the "
+            "checkpoint's length (max_position_embeddings)"
+        )
+    if isinstance(owner, nn.Embedding):
+        return (
+            f"{sizes}: a vocabulary of another size; build the model with the "
+            "checkpoint's size, load, then resize (resize_token_embeddings in "
+            "transformers)"
+        )
+    last = path.rpartition(".")[2]
+    if isinstance(owner, nn.Linear) and any(part in last for part in _HEAD_NAMES):
+        return (
+            f"{sizes}: an output head of another size (e.g. other classes); drop it "
+            "and load the rest with strict=False: the head stays random, train it"
+        )
+    if last.isdigit() and isinstance(owner, nn.Linear) and _is_last_linear(root, path):
+        return (
+            f"{sizes}: the last layer, an output head of another size; drop it and "
+            "load the rest with strict=False: the head stays random, train it"
+        )
+    return (
+        f"{sizes}: the saved model was configured otherwise; build the module with "
+        "the checkpoint's shapes"
+    )
+
+
+def _is_last_linear(root: nn.Module, path: str) -> bool:
+    linears = [name for name, sub in root.named_modules() if isinstance(sub, nn.Linear)]
+    return bool(linears) and linears[-1] == path
+
+
+def rnn_direction(root: nn.Module, key: str, *, missing: bool) -> str | None:
+    """For an RNN's ``*_reverse`` key: the checkpoint and the module differ in
+    ``bidirectional``."""
+    owner, attribute = _owner(root, key)
+    if not attribute.endswith("_reverse") or not isinstance(owner, nn.RNNBase):
+        return None
+    name = type(owner).__name__
+    if missing:
+        return (
+            f"the module's {name} is bidirectional and the saved one was not (no "
+            "*_reverse weights saved): build it with bidirectional=False"
+        )
+    return (
+        f"the saved {name} was bidirectional (it has *_reverse weights) and the "
+        "module's is not: build it with bidirectional=True"
+    )
+
+
+def advice_missing(
+    kind: TensorKind | None, partners: Sequence[str], *, filled: bool
+) -> str:
+    if partners and filled:
+        return (
+            f"filled anyway: it is the same tensor as {partners[0]}, which the "
+            "checkpoint has (tied weights)"
+        )
+    if partners:
+        return (
+            f"assign=True gives {partners[0]} the checkpoint's tensor and leaves this "
+            "one as it was: the tie is broken; tie them again after loading"
+        )
+    if kind is TensorKind.PARAMETER:
+        return "the parameter would keep its random initial value"
+    return (
+        "the buffer would keep the value the module's __init__ gave it (e.g. reset "
+        "running statistics); safe only if that value is right"
+    )
+
+
+def unexpected_row(
+    root: nn.Module,
+    name: str,
+    kind: TensorKind | None,
+    value: Any,
+    records: Inventory,
+) -> KeyReport:
+    """An unexpected key, named by what the module holds there (if anything)."""
+    problem = KeyProblem.UNEXPECTED
+    if kind is TensorKind.NON_PERSISTENT_BUFFER:
+        advice = (
+            "saved while the buffer was persistent; the module now rebuilds it, so "
+            "drop the key"
+        )
+        return KeyReport(name, problem, kind, True, advice)
+    slot = empty_slot(root, name)
+    if slot is not None:
+        advice = (
+            f"the module's {slot} slot holds None (e.g. bias=False), so torch skips "
+            "the key; the saved model had this tensor: build the module with it, or "
+            "its outputs differ from the saved model's"
+        )
+        return KeyReport(name, problem, kind, False, advice)
+    extra = extra_state(root, name)
+    if extra is not None:
+        return KeyReport(name, problem, kind, False, f"{extra}: torch ignores it")
+    direction = rnn_direction(root, name, missing=False)
+    if direction is not None:
+        return KeyReport(name, problem, kind, False, direction)
+    copy = copy_of_non_persistent(root, name, value, records)
+    if copy is not None and copy[1]:
+        advice = (
+            f"a copy of the module's non-persistent buffer {copy[0]} (equal values, "
+            "checked): the module computes it, so drop the key"
+        )
+        return KeyReport(name, problem, kind, True, advice)
+    if copy is not None:
+        advice = (
+            f"same name, shape and dtype as the non-persistent buffer {copy[0]}, "
+            "which is on meta: no values to compare; drop the key if it is derived"
+        )
+        return KeyReport(name, problem, kind, False, advice)
+    advice = (
+        "not in the module: a renamed or removed tensor? strict=False would "
+        "silently ignore it"
+    )
+    return KeyReport(name, problem, kind, False, advice)

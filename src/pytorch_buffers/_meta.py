@@ -216,6 +216,30 @@ class MetaLoader:
         return result
 
 
+def reshaped_attempt(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    assign: bool,
+) -> LoadAttempt:
+    """Load into a meta copy whose tensors at ``shapes``' keys take those shapes:
+    would a module built with the checkpoint's shapes load it?"""
+    twin = copy_for_loading(module)
+    for key, shape in shapes.items():
+        path, _, attribute = key.rpartition(".")
+        owner = twin.get_submodule(path) if path else twin
+        old = getattr(owner, attribute)
+        new = torch.empty(shape, dtype=old.dtype, device="meta")
+        if isinstance(old, nn.Parameter):
+            setattr(
+                owner, attribute, nn.Parameter(new, requires_grad=old.requires_grad)
+            )
+        else:
+            setattr(owner, attribute, new)  # a registered buffer stays registered
+    return attempt_load(twin, state_dict, assign=assign)
+
+
 def attempt_load(
     twin: nn.Module, state_dict: Mapping[str, Any], *, assign: bool
 ) -> LoadAttempt:
