@@ -50,14 +50,13 @@ class PrefixFix:
 
 
 # Where a prefix usually comes from, to name it in the report.
+# Where a prefix comes from, named only for torch's own wrappers (known).
 _PREFIX_SOURCES = {
-    "module.": "DataParallel / DistributedDataParallel save their model under 'module.'",
-    "_orig_mod.": "torch.compile's wrapper keeps the model under '_orig_mod.'",
-    "model.": (
-        "a wrapper that holds the model as .model (a LightningModule, a "
-        "transformers *ForCausalLM)"
-    ),
+    "module.": "as DataParallel / DistributedDataParallel save their model",
+    "_orig_mod.": "as torch.compile's wrapper keeps the model",
+    "module._orig_mod.": "a compiled model inside DistributedDataParallel",
 }
+_AVERAGED = "n_averaged"  # what torch.optim.swa_utils.AveragedModel saves beside it
 
 
 _SIZE_MISMATCH = re.compile(
@@ -88,7 +87,9 @@ def _find_prefix(
     if not votes:
         return None
     (action, prefix), count = max(votes.items(), key=lambda item: item[1])
-    if count * 2 < len(unexpected):  # a coincidence, not a renamed checkpoint
+    # A coincidence, unless it explains half the unexpected keys or half the
+    # missing ones (a backbone saved with heads the module lacks).
+    if count * 2 < len(unexpected) and count * 2 < len(missing):
         return None
     return action, prefix, count
 
@@ -215,13 +216,16 @@ class StateDictReport(tuple[KeyReport, ...]):
             else f"the module's keys start with {fix.prefix!r}, which the "
             f"checkpoint's {fix.keys} keys lack"
         )
+        remaining = len(self._details.get("remaining", ()))
         after = (
             "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
             if fix.loads_strict_after
-            else "after that, the problems below remain"
+            else f"after that (torch checked it on a meta copy), {remaining} key(s) "
+            "below remain"
         )
+        source = f" ({fix.source})" if fix.source else ""
         return [
-            f"Prefix: {where} ({fix.source}). Fix:",
+            f"Prefix: {where}{source}. Fix:",
             f"    {fix.code}",
             f"  {after}",
         ]
@@ -551,6 +555,14 @@ def _explain(
     if found is not None:
         action, prefix, _ = found
         renamed = _renamed(loaded, action, prefix)
+        averaged = (
+            action == "strip"
+            and prefix == "module."
+            and _AVERAGED in loaded
+            and _AVERAGED not in expected
+        )
+        if averaged:
+            renamed.pop(_AVERAGED)
         after = _explain(
             root,
             renamed,
@@ -566,12 +578,22 @@ def _explain(
             if action == "strip"
             else f"state_dict = {{{prefix!r} + key: value for key, value in state_dict.items()}}"
         )
-        source = _PREFIX_SOURCES.get(
-            prefix,
-            "saved from the model inside this one, e.g. a base model"
-            if action == "add"
-            else "saved from a model that holds this one under that name",
-        )
+        source = _PREFIX_SOURCES.get(prefix, "")
+        if averaged:
+            source = (
+                "as torch.optim.swa_utils.AveragedModel saves its model, beside "
+                f"{_AVERAGED}"
+            )
+            code = f"state_dict.pop({_AVERAGED!r}); {code}"
+        # torch must confirm the rename helps: fewer missing keys, no new shape
+        # mismatches; else it is a coincidence of names and is not suggested.
+        helps = len(after.missing) < len(set(base.missing)) and len(
+            after.shape_mismatches
+        ) <= len(mismatched)
+        if not helps:
+            found = None
+    if found is not None:
+        action, prefix, _ = found
         # Count what the fix renames: every checkpoint key it touches.
         renames = sum(1 for key in loaded if action == "add" or key.startswith(prefix))
         prefix_fix = PrefixFix(
