@@ -13,6 +13,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
@@ -295,7 +296,13 @@ def _rebuilt_by_hooks(module: nn.Module) -> set[str]:
     hooks = module._forward_pre_hooks  # no public way to list hooks
     if not hooks:
         return set()
-    return {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
+    names = {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
+    # torch.nn.utils.prune: weight = weight_orig * weight_mask, before each forward
+    # (a PruningContainer when pruned twice).
+    names.update(
+        h._tensor_name for h in hooks.values() if isinstance(h, BasePruningMethod)
+    )
+    return names
 
 
 def _alias_probe() -> tuple[bool, bool]:
@@ -326,6 +333,19 @@ def _unregistered_tensors(
 
 def _tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+_WRAPPED = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper
+
+
+def _state_dict_names(
+    names: list[str], saved: list[str] | None, kind: TensorKind
+) -> tuple[str, ...]:
+    """A registered tensor's names as ``state_dict`` spells them (found by
+    identity); others without the activation-checkpoint wrapper's segment."""
+    if saved and kind.moved_by_to:
+        return tuple(dict.fromkeys(saved))
+    return tuple(dict.fromkeys(name.replace(_WRAPPED, "") for name in names))
 
 
 def _has_storage(tensor: torch.Tensor) -> bool:
@@ -385,7 +405,11 @@ def inventory(module: nn.Module) -> Inventory:
         TypeError: if ``module`` is not an ``nn.Module``.
     """
     root = as_module(module, function="inventory")
-    saved = set(root.state_dict(keep_vars=True))
+    # What state_dict saves, by tensor identity: wrappers (activation
+    # checkpointing's _checkpoint_wrapped_module.) rewrite its names.
+    saved_names: dict[int, list[str]] = {}
+    for key, value in root.state_dict(keep_vars=True).items():
+        saved_names.setdefault(id(value), []).append(key)
     found: dict[tuple[int, TensorKind], list[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
     registered: dict[int, list[str]] = {}
@@ -401,10 +425,17 @@ def inventory(module: nn.Module) -> Inventory:
         add(name, TensorKind.PARAMETER, parameter)
         registered.setdefault(id(parameter), []).append(name)
         parameter_ids.add(id(parameter))
-    for name, buffer in root.named_buffers(remove_duplicate=False):
-        kind = TensorKind.BUFFER if name in saved else TensorKind.NON_PERSISTENT_BUFFER
-        add(name, kind, buffer)
-        registered.setdefault(id(buffer), []).append(name)
+    for prefix, submodule in root.named_modules(remove_duplicate=False):
+        dotted = f"{prefix}." if prefix else ""
+        # Persistence is each module's own choice (register_buffer(persistent=)).
+        not_kept = submodule._non_persistent_buffers_set
+        for local, buffer in submodule._buffers.items():
+            if buffer is None:
+                continue
+            persistent = local not in not_kept
+            kind = TensorKind.BUFFER if persistent else TensorKind.NON_PERSISTENT_BUFFER
+            add(dotted + local, kind, buffer)
+            registered.setdefault(id(buffer), []).append(dotted + local)
     for prefix, submodule in root.named_modules(remove_duplicate=False):
         dotted = f"{prefix}." if prefix else ""
         rebuilt.update(dotted + name for name in _rebuilt_by_hooks(submodule))
@@ -433,13 +464,13 @@ def inventory(module: nn.Module) -> Inventory:
             view_of = tuple(storages.get(tensor.untyped_storage().data_ptr(), ()))
         records.append(
             TensorRecord(
-                names=tuple(dict.fromkeys(names)),
+                names=_state_dict_names(names, saved_names.get(tensor_id), kind),
                 kind=kind,
                 device=tensor.device,
                 dtype=tensor.dtype,
                 shape=() if lazy else tuple(tensor.shape),
                 nbytes=0 if lazy else _tensor_nbytes(tensor),
-                saved_in_state_dict=any(name in saved for name in names),
+                saved_in_state_dict=kind.moved_by_to and tensor_id in saved_names,
                 alias_of=alias_of,
                 moved=moved,
                 rebuilt_by_hook=any(name in rebuilt for name in names),
