@@ -19,6 +19,7 @@ from ._inventory import Inventory, TensorKind, inventory
 from ._keys import (
     KeyProblem,
     KeyReport,
+    ModuleView,
     advice_missing,
     droppable_code,
     extra_state,
@@ -487,6 +488,7 @@ def _explain(
     expected = root.state_dict(keep_vars=True)
     records = records or inventory(root)
     kinds = {name: record.kind for record in records for name in record.names}
+    view = ModuleView(root, records)
     ties: dict[int, list[str]] = {}
     for name, value in expected.items():
         ties.setdefault(id(value), []).append(name)
@@ -507,7 +509,7 @@ def _explain(
                 tuple(name for name in dict.fromkeys(base.missing)),
             )
     for name, (checkpoint_shape, module_shape) in mismatched.items():
-        advice = shape_advice(root, name, checkpoint_shape, module_shape)
+        advice = shape_advice(view, name, checkpoint_shape, module_shape)
         rows.append(
             KeyReport(
                 name,
@@ -530,17 +532,17 @@ def _explain(
         ]
         kind = kinds.get(name)
         filled = name in base.filled
-        extra = extra_state(root, name)
+        extra = extra_state(view, name)
         advice = advice_missing(kind, partners, filled=filled)
         if extra and kind is None:
             advice = f"{extra}: it keeps what the module's __init__ gave it"
-        advice = rnn_direction(root, name, missing=True) or advice
+        advice = rnn_direction(view, name, missing=True) or advice
         rows.append(
             KeyReport(name, KeyProblem.MISSING, kind, filled and bool(partners), advice)
         )
     for name in dict.fromkeys(base.unexpected):
         kind = kinds.get(name)
-        rows.append(unexpected_row(root, name, kind, loaded.get(name), records))
+        rows.append(unexpected_row(view, name, kind, loaded.get(name)))
 
     droppable = [
         r.key for r in rows if r.problem is KeyProblem.UNEXPECTED and r.safe_to_ignore

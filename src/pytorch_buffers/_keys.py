@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inventory import Inventory, TensorKind
+from ._inventory import Inventory, TensorKind, TensorRecord
 
 
 class KeyProblem(Enum):
@@ -40,19 +40,30 @@ class KeyReport:
 _EXTRA_STATE = "_extra_state"  # torch's name for get_extra_state's entry
 
 
-def _owner(root: nn.Module, key: str) -> tuple[nn.Module | None, str]:
+class ModuleView:
+    """A module's submodules by name and its non-persistent buffers by attribute,
+    gathered once for the many keys of one checkpoint."""
+
+    def __init__(self, root: nn.Module, records: Inventory) -> None:
+        self.root = root
+        self.modules = dict(root.named_modules(remove_duplicate=False))
+        self.non_persistent: dict[str, list[TensorRecord]] = {}
+        for record in records.of_kind(TensorKind.NON_PERSISTENT_BUFFER):
+            self.non_persistent.setdefault(record.attribute, []).append(record)
+        linears = [n for n, m in self.modules.items() if isinstance(m, nn.Linear)]
+        self.last_linear = linears[-1] if linears else None
+
+
+def _owner(view: ModuleView, key: str) -> tuple[nn.Module | None, str]:
     """The submodule a key belongs to, and the attribute name within it."""
     path, _, attribute = key.rpartition(".")
-    try:
-        return (root.get_submodule(path) if path else root), attribute
-    except AttributeError:
-        return None, attribute
+    return view.modules.get(path), attribute
 
 
-def empty_slot(root: nn.Module, key: str) -> str | None:
+def empty_slot(view: ModuleView, key: str) -> str | None:
     """``"parameter"``/``"buffer"`` when ``key`` names a slot registered as None
     (``Linear(bias=False)`` keeps ``bias`` so), else None."""
-    owner, attribute = _owner(root, key)
+    owner, attribute = _owner(view, key)
     if owner is None or getattr(owner, attribute, 0) is not None:
         return None
     # No public API lists None slots: named_parameters/named_buffers skip them.
@@ -63,9 +74,9 @@ def empty_slot(root: nn.Module, key: str) -> str | None:
     return None
 
 
-def extra_state(root: nn.Module, key: str) -> str | None:
+def extra_state(view: ModuleView, key: str) -> str | None:
     """For a ``..._extra_state`` key: whether its module saves extra state."""
-    owner, attribute = _owner(root, key)
+    owner, attribute = _owner(view, key)
     if attribute != _EXTRA_STATE:
         return None
     if owner is None:
@@ -86,7 +97,7 @@ def extra_state(root: nn.Module, key: str) -> str | None:
 
 
 def copy_of_non_persistent(
-    root: nn.Module, key: str, value: Any, records: Inventory
+    view: ModuleView, key: str, value: Any
 ) -> tuple[str, bool] | None:
     """A non-persistent buffer of the module that ``value`` is a copy of: same
     attribute name, shape and dtype; ``(name, True)`` when the values are equal
@@ -95,14 +106,14 @@ def copy_of_non_persistent(
     attribute = key.rpartition(".")[2]
     if not isinstance(value, torch.Tensor):
         return None
-    for record in records.of_kind(TensorKind.NON_PERSISTENT_BUFFER):
-        if record.attribute != attribute or record.shape != tuple(value.shape):
+    for record in view.non_persistent.get(attribute, ()):
+        if record.shape != tuple(value.shape):
             continue
         if record.dtype != value.dtype:
             continue
-        try:
-            buffer = root.get_buffer(record.name)
-        except AttributeError:  # a buffer reached only through a wrapper's name
+        owner = view.modules.get(record.module_path)
+        buffer = getattr(owner, record.attribute, None)
+        if not isinstance(buffer, torch.Tensor):  # reached only through a wrapper
             continue
         if buffer.device.type == "meta" or value.device.type == "meta":
             return record.name, False
@@ -135,13 +146,13 @@ _HEAD_NAMES = ("head", "classifier", "fc", "score", "out_proj", "output")
 
 
 def shape_advice(
-    root: nn.Module,
+    view: ModuleView,
     key: str,
     checkpoint_shape: tuple[int, ...],
     module_shape: tuple[int, ...],
 ) -> str:
     """What a mis-shaped key is, from the module that holds it, and its fix."""
-    owner, _ = _owner(root, key)
+    owner, _ = _owner(view, key)
     sizes = f"checkpoint {list(checkpoint_shape)} vs module {list(module_shape)}"
     path = key.rpartition(".")[0]
     if isinstance(owner, nn.Embedding) and "position" in path:
@@ -162,7 +173,7 @@ def shape_advice(
             f"{sizes}: an output head of another size (e.g. other classes); drop it "
             "and load the rest with strict=False: the head stays random, train it"
         )
-    if last.isdigit() and isinstance(owner, nn.Linear) and _is_last_linear(root, path):
+    if last.isdigit() and isinstance(owner, nn.Linear) and view.last_linear == path:
         return (
             f"{sizes}: the last layer, an output head of another size; drop it and "
             "load the rest with strict=False: the head stays random, train it"
@@ -173,15 +184,10 @@ def shape_advice(
     )
 
 
-def _is_last_linear(root: nn.Module, path: str) -> bool:
-    linears = [name for name, sub in root.named_modules() if isinstance(sub, nn.Linear)]
-    return bool(linears) and linears[-1] == path
-
-
-def rnn_direction(root: nn.Module, key: str, *, missing: bool) -> str | None:
+def rnn_direction(view: ModuleView, key: str, *, missing: bool) -> str | None:
     """For an RNN's ``*_reverse`` key: the checkpoint and the module differ in
     ``bidirectional``."""
-    owner, attribute = _owner(root, key)
+    owner, attribute = _owner(view, key)
     if not attribute.endswith("_reverse") or not isinstance(owner, nn.RNNBase):
         return None
     name = type(owner).__name__
@@ -218,11 +224,7 @@ def advice_missing(
 
 
 def unexpected_row(
-    root: nn.Module,
-    name: str,
-    kind: TensorKind | None,
-    value: Any,
-    records: Inventory,
+    view: ModuleView, name: str, kind: TensorKind | None, value: Any
 ) -> KeyReport:
     """An unexpected key, named by what the module holds there (if anything)."""
     problem = KeyProblem.UNEXPECTED
@@ -232,7 +234,7 @@ def unexpected_row(
             "drop the key"
         )
         return KeyReport(name, problem, kind, True, advice)
-    slot = empty_slot(root, name)
+    slot = empty_slot(view, name)
     if slot is not None:
         advice = (
             f"the module's {slot} slot holds None (e.g. bias=False), so torch skips "
@@ -240,13 +242,13 @@ def unexpected_row(
             "its outputs differ from the saved model's"
         )
         return KeyReport(name, problem, kind, False, advice)
-    extra = extra_state(root, name)
+    extra = extra_state(view, name)
     if extra is not None:
         return KeyReport(name, problem, kind, False, f"{extra}: torch ignores it")
-    direction = rnn_direction(root, name, missing=False)
+    direction = rnn_direction(view, name, missing=False)
     if direction is not None:
         return KeyReport(name, problem, kind, False, direction)
-    copy = copy_of_non_persistent(root, name, value, records)
+    copy = copy_of_non_persistent(view, name, value)
     if copy is not None and copy[1]:
         advice = (
             f"a copy of the module's non-persistent buffer {copy[0]} (equal values, "

@@ -108,25 +108,6 @@ def copy_for_loading(module: nn.Module) -> nn.Module:
     return holder
 
 
-class RecordCopies(TorchFunctionMode):
-    """Remembers every tensor that ``Tensor.copy_`` wrote into (by ``id``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: set[int] = set()
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        if func is torch.Tensor.copy_ and args:
-            self.written.add(id(args[0]))
-        return func(*args, **(kwargs or {}))
-
-
 @dataclass(frozen=True)
 class LoadAttempt:
     """What ``load_state_dict`` did on one meta copy.
@@ -181,7 +162,11 @@ def own_copy(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
     own: OrderedDict[str, Any] = OrderedDict(state_dict)
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
-        own._metadata = copy.deepcopy(metadata)  # type: ignore[attr-defined]
+        # torch writes into the per-module dicts: copy each (deepcopy is slow).
+        own._metadata = type(metadata)(  # type: ignore[attr-defined]
+            (name, dict(entry) if isinstance(entry, dict) else copy.deepcopy(entry))
+            for name, entry in metadata.items()
+        )
     return own
 
 
@@ -260,15 +245,13 @@ def attempt_load(
         twin.register_load_state_dict_pre_hook(keep_errors),  # type: ignore[no-untyped-call]
         twin.register_load_state_dict_post_hook(keep_keys),  # type: ignore[no-untyped-call]
     )
-    recorder = RecordCopies()
     strict_error = non_strict_error = None
     with warnings.catch_warnings():
         # Copying into a meta tensor is a no-op, which torch warns about; that
         # no-op is the point of the copy.
         warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
         try:
-            with recorder:
-                twin.load_state_dict(own_copy(state_dict), strict=True, assign=assign)
+            twin.load_state_dict(own_copy(state_dict), strict=True, assign=assign)
         except Exception as caught:  # noqa: BLE001  (a module's load hook may raise anything)
             strict_error = _error_text(caught)
             non_strict_error = (
@@ -279,10 +262,14 @@ def attempt_load(
     for hook in hooks:
         hook.remove()
     after = twin.state_dict(keep_vars=True)
+    # A key was filled when torch loaded it (not missing) or assigned it a new
+    # tensor, or when its tensor is one that a loaded key shares (a tie).
+    missing = set(seen.get("missing", after))
+    loaded_ids = {id(value) for name, value in after.items() if name not in missing}
     filled = frozenset(
         name
         for name, value in after.items()
-        if value is not before.get(name) or id(value) in recorder.written
+        if value is not before.get(name) or id(value) in loaded_ids
     )
     changes = tuple(
         (name, before[name].dtype, value.dtype)
