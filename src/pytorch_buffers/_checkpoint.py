@@ -406,14 +406,21 @@ def explain_state_dict(
 ) -> StateDictReport:
     """Explain what ``module.load_state_dict(state_dict)`` would do, without loading it.
 
-    Torch itself decides: the checkpoint is loaded, with ``strict=True`` and
-    with ``strict=False``, into copies of ``module`` on the ``meta`` device
-    (which hold no data), so each module's own ``_load_from_state_dict`` and
-    load hooks run. The report then explains each key torch objected to: what
-    it is in the module, whether ``strict=False`` could skip it safely, both
-    shapes of a shape mismatch, a prefix that renames every key (``module.``,
-    ``_orig_mod.``...) with the line that fixes it, and the non-persistent
-    buffers no checkpoint restores.
+    Torch itself decides: the checkpoint is loaded into a copy of ``module``
+    on the ``meta`` device (which holds no data), so each module's own
+    ``_load_from_state_dict`` and load hooks run; one load answers for
+    ``strict=True`` and ``strict=False`` alike (torch passes ``strict=True`` to
+    every module's loading code and only adds the key lists at the end). The
+    report explains each key torch objected to, from what the module holds
+    there: what it is, whether ``strict=False`` could skip it safely (a copy of
+    a non-persistent buffer, a tie), both shapes of a shape mismatch and what
+    the key is (an output head, a position table, a vocabulary), a prefix
+    (``module.``, ``_orig_mod.``, partial or nested) with the line that fixes
+    it, and the non-persistent buffers no checkpoint restores. Every fix it
+    suggests (renaming, dropping keys, a module of the checkpoint's shapes) is
+    applied to another meta copy, and the report says what torch then did;
+    with ``assign=True`` it names the tensors whose dtype changes and the ties
+    that break. Printed, it wraps at 100 columns (``to_text(width)``).
 
     ``state_dict`` is a mapping of names to tensors (non-tensor entries such as
     extra state are fine), or the path of a ``torch.save`` checkpoint (read with

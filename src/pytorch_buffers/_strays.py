@@ -208,7 +208,13 @@ def find_strays(
     ``weight_norm`` rebuilds before each forward. Wrappers (``torch.compile``,
     ``DataParallel``, ``DistributedDataParallel``) are looked through. Non-persistent buffers are moved but deliberately not saved;
     pass ``include_non_persistent=True`` to list them too. Each stray comes with a
-    one-line fix. Nothing in the module is changed.
+    one-line fix that torch confirms: a view of a parameter gets a property
+    (a registered view goes stale after ``.to()``, asked on a probe);
+    ``nn.ParameterList`` is named only for tensors that require grad; a 0-dim
+    CPU tensor stays a stray but is marked harmless to the forward pass (torch
+    combines it with tensors on other devices, asked on ``meta``). Printed,
+    the report wraps at 100 columns (``to_text(width)``). Nothing in the
+    module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or the flag is not a bool.
