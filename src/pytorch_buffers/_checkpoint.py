@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ._files import as_state_dict, plain_sentences, read_checkpoint
-from ._inventory import Inventory, TensorKind, inventory
+from ._inventory import Inventory, TensorKind, inventory, non_persistent_buffers
 from ._keys import (
     KeyProblem,
     KeyReport,
@@ -493,9 +493,11 @@ def _explain(
         base = loader.attempt(kept, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
-    records = records or inventory(root)
-    kinds = {name: record.kind for record in records for name in record.names}
-    view = ModuleView(root, records)
+    # The inventory names what torch objected to; a clean load needs none.
+    if records is None and (base.missing or base.unexpected or mismatched):
+        records = inventory(root)
+    kinds = {name: record.kind for record in records or () for name in record.names}
+    view = ModuleView(root, records or Inventory(()))
     ties: dict[int, list[str]] = {}
     for name, value in expected.items():
         ties.setdefault(id(value), []).append(name)
@@ -612,7 +614,11 @@ def _explain(
 
     details["dtype_changes"] = first.dtype_changes
     details["broken_ties"] = first.broken_ties
-    non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
+    non_persistent = (
+        [(r.names, r.device) for r in records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)]
+        if records is not None
+        else non_persistent_buffers(root)
+    )
     return StateDictReport(
         rows,
         loads_strict=first.strict_error is None,
@@ -620,9 +626,12 @@ def _explain(
         strict_error=first.strict_error,
         non_strict_error=first.non_strict_error,
         prefix_fix=prefix_fix,
-        not_restored=tuple(name for r in non_persistent for name in r.names),
+        not_restored=tuple(name for names, _ in non_persistent for name in names),
         on_meta=tuple(
-            name for r in non_persistent if r.device.type == "meta" for name in r.names
+            name
+            for names, device in non_persistent
+            if device.type == "meta"
+            for name in names
         ),
         assign=assign,
         max_rows=max_rows,

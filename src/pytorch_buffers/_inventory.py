@@ -348,6 +348,22 @@ def _state_dict_names(
     return tuple(dict.fromkeys(name.replace(_WRAPPED, "") for name in names))
 
 
+def non_persistent_buffers(
+    root: nn.Module,
+) -> list[tuple[tuple[str, ...], torch.device]]:
+    """The non-persistent buffers (names, device), as :func:`inventory` lists
+    them, without scanning anything else."""
+    found: dict[int, tuple[list[str], torch.device]] = {}
+    for prefix, submodule in root.named_modules(remove_duplicate=False):
+        dotted = f"{prefix}." if prefix else ""
+        for local in submodule._non_persistent_buffers_set:
+            buffer = submodule._buffers.get(local)
+            if buffer is not None:
+                entry = found.setdefault(id(buffer), ([], buffer.device))
+                entry[0].append((dotted + local).replace(_WRAPPED, ""))
+    return [(tuple(dict.fromkeys(names)), device) for names, device in found.values()]
+
+
 def _has_storage(tensor: torch.Tensor) -> bool:
     """Whether the tensor has memory of its own to compare (not meta, not lazy)."""
     if is_lazy(tensor) or tensor.device.type == "meta" or tensor.is_sparse:
