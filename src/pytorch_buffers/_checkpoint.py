@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Self
 
@@ -17,33 +14,22 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ._inventory import Inventory, TensorKind, inventory, pattern, render_text
-from ._meta import RecordCopies, meta_copy
-from ._module import as_module, wrapped_module
-
-
-class KeyProblem(Enum):
-    """What ``load_state_dict(strict=True)`` objects to for one key."""
-
-    MISSING = "missing"
-    UNEXPECTED = "unexpected"
-    SHAPE_MISMATCH = "shape mismatch"
-
-
-@dataclass(frozen=True)
-class KeyReport:
-    """One key ``load_state_dict`` objects to, and whether ``strict=False`` is safe for it.
-
-    ``checkpoint_shape`` and ``module_shape`` are set for shape mismatches.
-    """
-
-    key: str
-    problem: KeyProblem
-    kind: TensorKind | None  # what the key is in the module; None: not in the module
-    safe_to_ignore: bool
-    advice: str
-    checkpoint_shape: tuple[int, ...] | None = None
-    module_shape: tuple[int, ...] | None = None
+from ._files import as_state_dict, plain_sentences, read_checkpoint
+from ._inventory import Inventory, TensorKind, inventory, non_persistent_buffers
+from ._keys import (
+    KeyProblem,
+    KeyReport,
+    ModuleView,
+    advice_missing,
+    droppable_code,
+    extra_state,
+    rnn_direction,
+    shape_advice,
+    unexpected_row,
+)
+from ._meta import LoadAttempt, MetaLoader, reshaped_attempt
+from ._module import as_module
+from ._text import WIDTH, fit, pattern, render_text
 
 
 @dataclass(frozen=True)
@@ -65,24 +51,13 @@ class PrefixFix:
 
 
 # Where a prefix usually comes from, to name it in the report.
+# Where a prefix comes from, named only for torch's own wrappers (known).
 _PREFIX_SOURCES = {
-    "module.": "DataParallel / DistributedDataParallel save their model under 'module.'",
-    "_orig_mod.": "torch.compile's wrapper keeps the model under '_orig_mod.'",
-    "model.": (
-        "a wrapper that holds the model as .model (a LightningModule, a "
-        "transformers *ForCausalLM)"
-    ),
+    "module.": "as DataParallel / DistributedDataParallel save their model",
+    "_orig_mod.": "as torch.compile's wrapper keeps the model",
+    "module._orig_mod.": "a compiled model inside DistributedDataParallel",
 }
-
-
-@dataclass(frozen=True)
-class _Attempt:
-    """What ``load_state_dict`` did on one meta copy."""
-
-    error: str | None
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-    filled: frozenset[str]  # module keys whose tensor received a checkpoint value
+_AVERAGED = "n_averaged"  # what torch.optim.swa_utils.AveragedModel saves beside it
 
 
 _SIZE_MISMATCH = re.compile(
@@ -94,55 +69,6 @@ _SIZE_MISMATCH = re.compile(
 
 def _shape(text: str) -> tuple[int, ...]:
     return tuple(int(size) for size in text.split(",") if size.strip())
-
-
-def _copy_for_loading(module: nn.Module) -> nn.Module:
-    """A meta copy whose ``load_state_dict`` behaves like ``module``'s.
-
-    Wrappers that cannot be copied (DistributedDataParallel) are rebuilt as a
-    plain module holding a copy of their model under the same attribute, so the
-    keys keep their prefix.
-    """
-    inner, attribute = wrapped_module(module)
-    if inner is module:
-        return meta_copy(module, iter(()))
-    # Named like the wrapper, so torch's messages name it as the real load would.
-    holder: nn.Module = type(type(module).__name__, (nn.Module,), {})()
-    holder.add_module(attribute, meta_copy(inner, iter(())))
-    return holder
-
-
-def _attempt(
-    module: nn.Module, state_dict: Mapping[str, Any], *, strict: bool, assign: bool
-) -> _Attempt:
-    twin = _copy_for_loading(module)
-    before = {
-        name: id(value) for name, value in twin.state_dict(keep_vars=True).items()
-    }
-    recorder = RecordCopies()
-    error = None
-    missing: Sequence[str] = ()
-    unexpected: Sequence[str] = ()
-    with warnings.catch_warnings():
-        # Copying into a meta tensor is a no-op, which torch warns about; that
-        # no-op is the point of the copy.
-        warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
-        try:
-            with recorder:
-                result = twin.load_state_dict(state_dict, strict=strict, assign=assign)
-            missing, unexpected = result.missing_keys, result.unexpected_keys
-        except Exception as caught:  # noqa: BLE001  (a module's load hook may raise anything)
-            error = (
-                str(caught)
-                if isinstance(caught, RuntimeError)
-                else f"{type(caught).__name__}: {caught}"
-            )
-    filled = frozenset(
-        name
-        for name, value in twin.state_dict(keep_vars=True).items()
-        if id(value) != before.get(name) or id(value) in recorder.written
-    )
-    return _Attempt(error, tuple(missing), tuple(unexpected), filled)
 
 
 def _find_prefix(
@@ -162,7 +88,9 @@ def _find_prefix(
     if not votes:
         return None
     (action, prefix), count = max(votes.items(), key=lambda item: item[1])
-    if count * 2 < len(unexpected):  # a coincidence, not a renamed checkpoint
+    # A coincidence, unless it explains half the unexpected keys or half the
+    # missing ones (a backbone saved with heads the module lacks).
+    if count * 2 < len(unexpected) and count * 2 < len(missing):
         return None
     return action, prefix, count
 
@@ -251,10 +179,9 @@ class StateDictReport(tuple[KeyReport, ...]):
         if not self.loads_strict:
             if not self.loads_non_strict:
                 reason = (
-                    "shapes differ: drop those keys (e.g. a new classifier head) and "
-                    "load the rest with strict=False"
+                    "shapes differ, see below"
                     if self.shape_mismatches
-                    else (self.non_strict_error or "").splitlines()[-1].strip()
+                    else plain_sentences((self.non_strict_error or "").splitlines()[-1])
                 )
                 verdict = f"raises too ({reason})"
             elif self.safe_with_strict_false:
@@ -290,13 +217,16 @@ class StateDictReport(tuple[KeyReport, ...]):
             else f"the module's keys start with {fix.prefix!r}, which the "
             f"checkpoint's {fix.keys} keys lack"
         )
+        remaining = len(self._details.get("remaining", ()))
         after = (
             "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
             if fix.loads_strict_after
-            else "after that, the problems below remain"
+            else f"after that (torch checked it on a meta copy), {remaining} key(s) "
+            "below remain"
         )
+        source = f" ({fix.source})" if fix.source else ""
         return [
-            f"Prefix: {where} ({fix.source}). Fix:",
+            f"Prefix: {where}{source}. Fix:",
             f"    {fix.code}",
             f"  {after}",
         ]
@@ -344,8 +274,87 @@ class StateDictReport(tuple[KeyReport, ...]):
             )
         return [head, *(f"  {name}" for name in names)]
 
+    def _assign_lines(self) -> list[str]:
+        lines = []
+        changes: Sequence[tuple[str, torch.dtype, torch.dtype]] = self._details.get(
+            "dtype_changes", ()
+        )
+        if changes:
+            kinds = Counter((str(a), str(b)) for _, a, b in changes)
+            (before, after), _ = kinds.most_common(1)[0]
+            names = _capped([name for name, _, _ in changes], 5)
+            lines.append(
+                f"assign=True: {len(changes)} tensor(s) take the checkpoint's dtype "
+                f"(e.g. {after.removeprefix('torch.')} where the module has "
+                f"{before.removeprefix('torch.')}; torch did it on a meta copy); cast "
+                "the model back after loading (model.to(dtype)) or load without "
+                f"assign: {', '.join(names)}"
+            )
+        for group in self._details.get("broken_ties", ()):
+            lines.append(
+                f"assign=True breaks a tie: {', '.join(group)} were one tensor and are "
+                "two after the load (torch did it on a meta copy); tie them again "
+                "(e.g. model.tie_weights() in transformers)"
+            )
+        return lines
+
+    def _shape_lines(self) -> list[str]:
+        lines = []
+        if "shape_drop" in self._details:
+            dropped, missing = self._details["shape_drop"]
+            names = ", ".join(repr(name) for name in dropped[:4])
+            more = ", ..." if len(dropped) > 4 else ""
+            kept = _capped(missing, 5)
+            lines += [
+                f"Drop the {len(dropped)} key(s) whose shapes differ. Fix:",
+                (
+                    "    state_dict = {k: v for k, v in state_dict.items() if k not in "
+                    f"{{{names}{more}}}}}"
+                ),
+                "  then load_state_dict(strict=False) loads (torch checked it on a meta "
+                f"copy); {len(missing)} tensor(s) keep their initial (random) values: "
+                + ", ".join(kept),
+            ]
+        if self._details.get("reshape_fix"):
+            lines.append(
+                "A module built with the checkpoint's shapes loads it with strict=True "
+                "(torch checked it on a meta copy): the shapes are the only difference."
+            )
+        return lines
+
+    def _found_lines(self) -> list[str]:
+        if "found_at" not in self._details:
+            return []
+        where, tensors = self._details["found_at"]
+        line = (
+            f"Checkpoint: the state dict is {where} ({tensors} tensors), the entry "
+            "holding the most tensors named like the module's keys"
+        )
+        return [line]
+
+    def _drop_lines(self) -> list[str]:
+        if "drop_fix" not in self._details:
+            return []
+        count, code, loads = self._details["drop_fix"]
+        after = (
+            "then load_state_dict(strict=True) loads (torch checked it on a meta copy)"
+            if loads
+            else "after that, torch still objects to the keys below"
+        )
+        return [
+            f"Drop the {count} key(s) marked safe (the module computes them). Fix:",
+            f"    {code}",
+            f"  {after}",
+        ]
+
     def __str__(self) -> str:
-        lines = self._verdict_lines() + self._prefix_lines()
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH) -> str:
+        """The report, every line at most ``width`` columns wide."""
+        lines = self._found_lines() + self._verdict_lines() + self._assign_lines()
+        lines += self._shape_lines() + self._prefix_lines()
+        lines += self._drop_lines()
         rows = self._groups()
         if rows:
             capped = rows[: self.max_rows]
@@ -353,6 +362,7 @@ class StateDictReport(tuple[KeyReport, ...]):
                 render_text(
                     ("key", "problem", "in the module", "safe to ignore", "advice"),
                     capped,
+                    width,
                 )
             )
             if len(rows) > len(capped):
@@ -360,7 +370,7 @@ class StateDictReport(tuple[KeyReport, ...]):
                     f"... and {len(rows) - len(capped)} more groups (max_rows={self.max_rows})"
                 )
         lines += self._not_restored_lines()
-        return "\n".join(lines)
+        return fit("\n".join(lines), width)
 
     def __repr__(self) -> str:
         return str(self)
@@ -386,118 +396,6 @@ def _capped(names: Sequence[str], limit: int) -> list[str]:
     return lines
 
 
-def _load(path: Path, function: str) -> Any:
-    if path.is_dir():
-        weights = sorted(
-            p.name
-            for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
-            for p in path.glob(pattern)
-        )
-        hint = (
-            f"pass one of the weights files inside it: {weights[:5]}"
-            if weights
-            else "pass the checkpoint file inside it"
-        )
-        msg = f"{function}() got the folder {str(path)!r}, not a file; {hint}"
-        raise ValueError(msg)
-    if not path.is_file():
-        msg = f"{function}() cannot read {str(path)!r}: no such file"
-        raise ValueError(msg)
-    if path.stat().st_size == 0:
-        msg = f"{function}() cannot read {str(path)!r}: the file is empty (0 bytes); was the save interrupted?"
-        raise ValueError(msg)
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path, function)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types on a damaged file
-        first_line = (str(error).splitlines() or [""])[0]
-        msg = (
-            f"{function}() cannot read {str(path)!r} as a checkpoint with "
-            f"torch.load(weights_only=True): {type(error).__name__}: {first_line}; "
-            "pass a file written by torch.save (a truncated or text file cannot be "
-            "read), or a .safetensors file"
-        )
-        raise ValueError(msg) from error
-
-
-def _load_safetensors(path: Path, function: str) -> Any:
-    try:
-        load_file = importlib.import_module("safetensors.torch").load_file
-    except ImportError as error:
-        msg = (
-            f"{function}() needs the safetensors package to read {str(path)!r}: "
-            "pip install safetensors"
-        )
-        raise ValueError(msg) from error
-    try:
-        return load_file(path, device="cpu")
-    except Exception as error:  # safetensors raises its own error types
-        msg = (
-            f"{function}() cannot read {str(path)!r} as a safetensors file: "
-            f"{type(error).__name__}: {error}"
-        )
-        raise ValueError(msg) from error
-
-
-def _as_state_dict(loaded: Any, key: str | None) -> Mapping[str, Any]:
-    if key is not None:
-        if not isinstance(loaded, Mapping) or key not in loaded:
-            found = sorted(map(str, loaded)) if isinstance(loaded, Mapping) else []
-            msg = f"explain_state_dict() found no key {key!r} in the checkpoint; keys: {found}"
-            raise ValueError(msg)
-        loaded = loaded[key]
-    if not isinstance(loaded, Mapping):
-        msg = (
-            "explain_state_dict() expects a state dict (a mapping of names to tensors), "
-            f"got {type(loaded).__name__}"
-        )
-        raise TypeError(msg)
-    if loaded and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
-        wrapped = [name for name, value in loaded.items() if isinstance(value, Mapping)]
-        hint = (
-            f"; it looks like a wrapper: pass key={wrapped[0]!r}"
-            if wrapped
-            else "; if the checkpoint wraps the state dict, pass key='model'"
-        )
-        msg = (
-            "explain_state_dict() expects a mapping of names to tensors, but none of "
-            f"its values ({list(loaded)[:5]}) are tensors{hint}"
-        )
-        raise ValueError(msg)
-    return loaded
-
-
-def _advice_missing(
-    kind: TensorKind | None, partners: Sequence[str], *, filled: bool
-) -> str:
-    if partners and filled:
-        return (
-            f"filled anyway: it is the same tensor as {partners[0]}, which the "
-            "checkpoint has (tied weights)"
-        )
-    if partners:
-        return (
-            f"assign=True gives {partners[0]} the checkpoint's tensor and leaves this "
-            "one as it was: the tie is broken; tie them again after loading"
-        )
-    if kind is TensorKind.PARAMETER:
-        return "the parameter would keep its random initial value"
-    return (
-        "the buffer would keep the value the module's __init__ gave it (e.g. reset "
-        "running statistics); safe only if that value is right"
-    )
-
-
-def _advice_unexpected(kind: TensorKind | None) -> str:
-    if kind is TensorKind.NON_PERSISTENT_BUFFER:
-        return (
-            "saved while the buffer was persistent; the module now rebuilds it, so "
-            "drop the key (state_dict.pop(key))"
-        )
-    return "not in the module: a renamed or removed tensor? strict=False would silently ignore it"
-
-
 def explain_state_dict(
     module: nn.Module,
     state_dict: Mapping[str, Any] | str | os.PathLike[str],
@@ -508,20 +406,32 @@ def explain_state_dict(
 ) -> StateDictReport:
     """Explain what ``module.load_state_dict(state_dict)`` would do, without loading it.
 
-    Torch itself decides: the checkpoint is loaded, with ``strict=True`` and
-    with ``strict=False``, into copies of ``module`` on the ``meta`` device
-    (which hold no data), so each module's own ``_load_from_state_dict`` and
-    load hooks run. The report then explains each key torch objected to: what
-    it is in the module, whether ``strict=False`` could skip it safely, both
-    shapes of a shape mismatch, a prefix that renames every key (``module.``,
-    ``_orig_mod.``...) with the line that fixes it, and the non-persistent
-    buffers no checkpoint restores.
+    Torch itself decides: the checkpoint is loaded into a copy of ``module``
+    on the ``meta`` device (which holds no data), so each module's own
+    ``_load_from_state_dict`` and load hooks run; one load answers for
+    ``strict=True`` and ``strict=False`` alike (torch passes ``strict=True`` to
+    every module's loading code and only adds the key lists at the end). The
+    report explains each key torch objected to, from what the module holds
+    there: what it is, whether ``strict=False`` could skip it safely (a copy of
+    a non-persistent buffer, a tie), both shapes of a shape mismatch and what
+    the key is (an output head, a position table, a vocabulary), a prefix
+    (``module.``, ``_orig_mod.``, partial or nested) with the line that fixes
+    it, and the non-persistent buffers no checkpoint restores. Every fix it
+    suggests (renaming, dropping keys, a module of the checkpoint's shapes) is
+    applied to another meta copy, and the report says what torch then did;
+    with ``assign=True`` it names the tensors whose dtype changes and the ties
+    that break. Printed, it wraps at 100 columns (``to_text(width)``).
 
     ``state_dict`` is a mapping of names to tensors (non-tensor entries such as
     extra state are fine), or the path of a ``torch.save`` checkpoint (read with
-    ``torch.load(..., weights_only=True)`` onto the CPU) or of a ``.safetensors``
-    file. Use ``key`` when the checkpoint wraps the state dict
-    (``key="model"``), ``assign=True`` for the verdict of
+    ``torch.load(..., weights_only=True)`` onto the CPU), of a ``.safetensors``
+    file, or of a folder of shards (transformers' ``*.index.json``, or
+    ``*-00001-of-00002.*`` files), merged. A checkpoint that wraps the state
+    dict (``{"epoch": ..., "state_dict": {...}}``, at any depth) is searched:
+    the mapping holding the most tensors named like the module's keys is used,
+    and the report says where it was; ``key`` picks one by name instead.
+    A file that pickles a whole module is refused with the recipe for trusted
+    files. Use ``assign=True`` for the verdict of
     ``load_state_dict(..., assign=True)``, and ``max_rows`` to cap the rows of
     the printed report. Nothing in the module is changed.
 
@@ -529,8 +439,9 @@ def explain_state_dict(
         TypeError: if ``module`` is not an ``nn.Module`` or ``state_dict`` is not
             a mapping or a path.
         ValueError: if the path cannot be read as a checkpoint (empty, truncated,
-            a text file, a folder), ``key`` is not in it, none of its values are
-            tensors, or the module cannot be copied.
+            a text file, a pickled module, a folder that is not one checkpoint),
+            ``key`` is not in it, no mapping in it holds tensors, or the module
+            cannot be copied.
     """
     root = as_module(module, function="explain_state_dict", look_through=False)
     if not isinstance(assign, bool):  # untyped callers
@@ -539,17 +450,23 @@ def explain_state_dict(
     if not isinstance(max_rows, int) or max_rows < 1:
         msg = f"explain_state_dict() expects max_rows to be a positive int, got {max_rows!r}"
         raise ValueError(msg)
+    module_keys = root.state_dict(keep_vars=True).keys()
     if isinstance(state_dict, str | os.PathLike):
-        loaded = _as_state_dict(_load(Path(state_dict), "explain_state_dict"), key)
+        checkpoint = read_checkpoint(Path(state_dict), "explain_state_dict")
+        loaded, where = as_state_dict(checkpoint, key, module_keys)
     elif isinstance(state_dict, Mapping):
-        loaded = _as_state_dict(state_dict, key)
+        loaded, where = as_state_dict(state_dict, key, module_keys)
     else:  # untyped callers
         msg = (  # type: ignore[unreachable]
             "explain_state_dict() expects a state dict or a checkpoint path, got "
             f"{type(state_dict).__name__}"
         )
         raise TypeError(msg)
-    return _explain(root, loaded, assign=assign, max_rows=max_rows, find_prefix=True)
+    report = _explain(root, loaded, assign=assign, max_rows=max_rows, find_prefix=True)
+    if where is not None and key is None:
+        tensors = sum(isinstance(value, torch.Tensor) for value in loaded.values())
+        report._details["found_at"] = (where, tensors)
+    return report
 
 
 def _explain(
@@ -560,36 +477,48 @@ def _explain(
     max_rows: int,
     find_prefix: bool,
     records: Inventory | None = None,
+    loader: MetaLoader | None = None,
 ) -> StateDictReport:
-    lenient = _attempt(root, loaded, strict=False, assign=assign)
-    # strict=True differs only by raising on missing or unexpected keys: when
-    # strict=False found none, strict=True loads too; else torch says how it fails.
-    clean = lenient.error is None and not lenient.missing and not lenient.unexpected
-    strict = lenient if clean else _attempt(root, loaded, strict=True, assign=assign)
+    loader = loader or MetaLoader(root)
+    first = loader.attempt(loaded, assign=assign)
     mismatched = {
         match["key"]: (_shape(match["checkpoint"]), _shape(match["module"]))
-        for match in _SIZE_MISMATCH.finditer(lenient.error or "")
+        for match in _SIZE_MISMATCH.finditer(first.non_strict_error or "")
     }
     # strict=False raised: load again without the mis-shaped keys to learn what
     # else torch would skip (and that dropping them is the fix).
-    base = lenient
-    if lenient.error is not None and mismatched:
+    base: LoadAttempt = first
+    if first.non_strict_error is not None and mismatched:
         kept = {k: v for k, v in loaded.items() if k not in mismatched}
-        base = _attempt(root, kept, strict=False, assign=assign)
+        base = loader.attempt(kept, assign=assign)
 
     expected = root.state_dict(keep_vars=True)
-    records = records or inventory(root)
-    kinds = {name: record.kind for record in records for name in record.names}
+    # The inventory names what torch objected to; a clean load needs none.
+    if records is None and (base.missing or base.unexpected or mismatched):
+        records = inventory(root)
+    kinds = {name: record.kind for record in records or () for name in record.names}
+    view = ModuleView(root, records or Inventory(()))
     ties: dict[int, list[str]] = {}
     for name, value in expected.items():
         ties.setdefault(id(value), []).append(name)
 
     rows: list[KeyReport] = []
+    details: dict[str, Any] = {}
+    if mismatched:
+        checkpoint_shapes = {name: shapes[0] for name, shapes in mismatched.items()}
+        try:
+            reshaped = reshaped_attempt(root, loaded, checkpoint_shapes, assign=assign)
+            fits = reshaped.strict_error is None
+        except (AttributeError, RuntimeError, TypeError):  # a key torch named oddly
+            fits = False
+        details["reshape_fix"] = fits
+        if base.non_strict_error is None:
+            details["shape_drop"] = (
+                tuple(mismatched),
+                tuple(name for name in dict.fromkeys(base.missing)),
+            )
     for name, (checkpoint_shape, module_shape) in mismatched.items():
-        advice = (
-            f"checkpoint {list(checkpoint_shape)} vs module {list(module_shape)}: "
-            "strict=False still raises; drop the key and load with strict=False"
-        )
+        advice = shape_advice(view, name, checkpoint_shape, module_shape)
         rows.append(
             KeyReport(
                 name,
@@ -601,7 +530,8 @@ def _explain(
                 module_shape,
             )
         )
-    for name in base.missing:
+    # dict.fromkeys: torch lists some keys twice (QAT's fake-quant scale).
+    for name in dict.fromkeys(base.missing):
         if name in mismatched:
             continue
         partners = [
@@ -611,33 +541,39 @@ def _explain(
         ]
         kind = kinds.get(name)
         filled = name in base.filled
+        extra = extra_state(view, name)
+        advice = advice_missing(kind, partners, filled=filled)
+        if extra and kind is None:
+            advice = f"{extra}: it keeps what the module's __init__ gave it"
+        advice = rnn_direction(view, name, missing=True) or advice
         rows.append(
-            KeyReport(
-                name,
-                KeyProblem.MISSING,
-                kind,
-                filled and bool(partners),
-                _advice_missing(kind, partners, filled=filled),
-            )
+            KeyReport(name, KeyProblem.MISSING, kind, filled and bool(partners), advice)
         )
-    for name in base.unexpected:
+    for name in dict.fromkeys(base.unexpected):
         kind = kinds.get(name)
-        rows.append(
-            KeyReport(
-                name,
-                KeyProblem.UNEXPECTED,
-                kind,
-                kind is TensorKind.NON_PERSISTENT_BUFFER,
-                _advice_unexpected(kind),
-            )
-        )
+        rows.append(unexpected_row(view, name, kind, loaded.get(name)))
+
+    droppable = [
+        r.key for r in rows if r.problem is KeyProblem.UNEXPECTED and r.safe_to_ignore
+    ]
+    if droppable and base is first:
+        code, dropped = droppable_code(droppable, loaded)
+        after_drop = loader.attempt(dropped, assign=assign)
+        details["drop_fix"] = (len(droppable), code, after_drop.strict_error is None)
 
     prefix_fix = None
-    details: dict[str, Any] = {}
     found = _find_prefix(base.missing, base.unexpected) if find_prefix else None
     if found is not None:
         action, prefix, _ = found
         renamed = _renamed(loaded, action, prefix)
+        averaged = (
+            action == "strip"
+            and prefix == "module."
+            and _AVERAGED in loaded
+            and _AVERAGED not in expected
+        )
+        if averaged:
+            renamed.pop(_AVERAGED)
         after = _explain(
             root,
             renamed,
@@ -645,6 +581,7 @@ def _explain(
             max_rows=max_rows,
             find_prefix=False,
             records=records,
+            loader=loader,
         )
         code = (
             "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
@@ -652,12 +589,22 @@ def _explain(
             if action == "strip"
             else f"state_dict = {{{prefix!r} + key: value for key, value in state_dict.items()}}"
         )
-        source = _PREFIX_SOURCES.get(
-            prefix,
-            "saved from the model inside this one, e.g. a base model"
-            if action == "add"
-            else "saved from a model that holds this one under that name",
-        )
+        source = _PREFIX_SOURCES.get(prefix, "")
+        if averaged:
+            source = (
+                "as torch.optim.swa_utils.AveragedModel saves its model, beside "
+                f"{_AVERAGED}"
+            )
+            code = f"state_dict.pop({_AVERAGED!r}); {code}"
+        # torch must confirm the rename helps: fewer missing keys, no new shape
+        # mismatches; else it is a coincidence of names and is not suggested.
+        helps = len(after.missing) < len(set(base.missing)) and len(
+            after.shape_mismatches
+        ) <= len(mismatched)
+        if not helps:
+            found = None
+    if found is not None:
+        action, prefix, _ = found
         # Count what the fix renames: every checkpoint key it touches.
         renames = sum(1 for key in loaded if action == "add" or key.startswith(prefix))
         prefix_fix = PrefixFix(
@@ -665,17 +612,26 @@ def _explain(
         )
         details["remaining"] = tuple(after)
 
-    non_persistent = records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)
+    details["dtype_changes"] = first.dtype_changes
+    details["broken_ties"] = first.broken_ties
+    non_persistent = (
+        [(r.names, r.device) for r in records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)]
+        if records is not None
+        else non_persistent_buffers(root)
+    )
     return StateDictReport(
         rows,
-        loads_strict=strict.error is None,
-        loads_non_strict=lenient.error is None,
-        strict_error=strict.error,
-        non_strict_error=lenient.error,
+        loads_strict=first.strict_error is None,
+        loads_non_strict=first.non_strict_error is None,
+        strict_error=first.strict_error,
+        non_strict_error=first.non_strict_error,
         prefix_fix=prefix_fix,
-        not_restored=tuple(name for r in non_persistent for name in r.names),
+        not_restored=tuple(name for names, _ in non_persistent for name in names),
         on_meta=tuple(
-            name for r in non_persistent if r.device.type == "meta" for name in r.names
+            name
+            for names, device in non_persistent
+            if device.type == "meta"
+            for name in names
         ),
         assign=assign,
         max_rows=max_rows,

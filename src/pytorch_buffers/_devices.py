@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inventory import TensorKind, TensorRecord, inventory, pattern
+from ._inventory import TensorKind, TensorRecord, inventory
+from ._meta import torch_answers
 from ._module import as_device, as_module, device_matches, device_missing
+from ._text import fit, pattern
 
 # At most this many lines of misplaced tensors (grouped by layer stack).
 MAX_LINES = 20
@@ -26,30 +28,65 @@ class DeviceMismatchError(RuntimeError):
         self.misplaced = misplaced
 
 
-def _how_to_fix(kind: TensorKind, attribute: str) -> str:
-    if kind is TensorKind.UNREGISTERED_MODULE:
-        return "hold the module in nn.ModuleList/ModuleDict so .to() moves it"
-    if kind is TensorKind.ATTRIBUTE:
-        return (
-            f'register it: self.register_buffer("{attribute}", ...) so .to() moves it'
+def _torch_says() -> tuple[bool, str]:
+    """Ask torch (on meta): does a 0-dim CPU tensor mix with tensors elsewhere, and
+    what does ``.to()`` say to a tensor that holds no data?"""
+    answers = torch_answers()
+    return answers.scalar_mixes, answers.no_data
+
+
+def _how_to_fix(record: TensorRecord, expected: torch.device) -> str:
+    kind, attribute = record.kind, record.attribute
+    if record.device.type == "meta" and expected.type != "meta":
+        no_data = _torch_says()[1] or "it holds no data"
+        register = (
+            ""
+            if kind.moved_by_to
+            else f'register it (self.register_buffer("{attribute}", ...)), then '
         )
-    if kind is TensorKind.CONTAINER_ITEM:
-        return "register each item as a buffer (or use nn.ParameterList/ModuleList)"
-    return "call module.to(device) after creating or loading it"
+        return (
+            f"it holds no data, so .to() cannot move it ({no_data}); {register}"
+            f"model.to_empty(device={str(expected)!r}) and initialise it again, or "
+            "load it with load_state_dict(checkpoint, assign=True)"
+        )
+    if kind is TensorKind.UNREGISTERED_MODULE:
+        fix = "hold the module in nn.ModuleList/ModuleDict so .to() moves it"
+    elif kind is TensorKind.ATTRIBUTE:
+        fix = f'register it: self.register_buffer("{attribute}", ...) so .to() moves it'
+    elif kind is TensorKind.CONTAINER_ITEM:
+        fix = (
+            "register each item as a buffer (self.register_buffer(...), "
+            "persistent=False for caches); .to() does not look inside containers"
+        )
+        if record.requires_grad:
+            fix += "; a trainable one goes in nn.ParameterList"
+    else:
+        fix = f"call model.to({str(expected)!r}) after creating or loading it"
+    if not record.shape and record.device.type == "cpu" and _torch_says()[0]:
+        fix += (
+            "; harmless to the forward pass: torch accepts a 0-dim CPU tensor beside "
+            "tensors on another device (asked on meta)"
+        )
+    return fix
 
 
 def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     """Raise ``DeviceMismatchError`` unless every tensor of ``module`` is on one device.
 
     With ``device`` (``"cuda"``, ``"cuda:1"``, ``torch.device("mps")``...), every
-    tensor must be on it; ``"cuda"`` accepts any CUDA index. Without it, the
+    tensor must be on it; ``"cuda"`` accepts any one CUDA index. Without it, the
     tensors must agree: the expected device is the one that holds most of the
-    parameters (or of all tensors, for a module without parameters). Plain
+    parameters (or of all tensors, for a module without parameters). ``"cuda"``
+    without an index still asks for one device: tensors split over ``cuda:0``
+    and ``cuda:1`` are reported, against the index that holds most parameters. Plain
     tensor attributes and tensors in list/dict attributes are checked too; they
     are the ones ``.to()`` leaves behind. The message names each misplaced
-    tensor, where it is, where it should be, and the fix; beyond 20 tensors,
-    one line per layer stack (``layers.*.attn.mask (x80)``), at most 20 lines. Nothing in the
-    module is changed.
+    tensor, where it is, where it should be, and the fix (a tensor on ``meta``
+    holds no data: ``to_empty()`` plus initialisation, or ``assign=True``; a
+    0-dim CPU tensor is marked harmless to the forward pass, as torch accepts it
+    beside tensors elsewhere); beyond 20 tensors, one line per layer stack
+    (``layers.*.attn.mask (x80)``), at most 20 lines. Nothing in the module is
+    changed.
 
     Returns:
         The device the module is on (the given ``device`` when one was given).
@@ -66,7 +103,11 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     if expected is not None:
         missing = device_missing(expected)
         if missing:
-            msg = f"check_devices() got device={str(expected)!r}, but {missing}"
+            msg = (
+                f"check_devices() got device={str(expected)!r}, but {missing}; to see "
+                "on any machine which tensors .to() would leave behind, check a copy "
+                "moved to meta: check_devices(copy.deepcopy(model).to('meta'), 'meta')"
+            )
             raise ValueError(msg)
     records = list(inventory(root))
     if not records:
@@ -75,18 +116,33 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
         parameters = [r for r in records if r.kind is TensorKind.PARAMETER] or records
         votes = Counter(r.device for r in parameters)
         expected = max(votes, key=lambda d: (votes[d], str(d)))
+    split = ""
+    index: int | None = expected.index  # None for "cuda": any index, but one for all
+    if index is None:
+        on_type = [r for r in records if device_matches(r.device, expected)]
+        parameters = [r for r in on_type if r.kind is TensorKind.PARAMETER] or on_type
+        votes = Counter(r.device for r in parameters)
+        if len({r.device for r in on_type}) > 1:
+            counts = Counter(r.device for r in on_type)
+            expected = max(votes, key=lambda d: (votes[d], str(d)))
+            split = (
+                " they are split over "
+                + ", ".join(f"{d} ({n})" for d, n in sorted(counts.items(), key=str))
+                + "; a forward pass needs one device (if the split is meant, as with "
+                "device_map or pipeline stages, check each stage on its own device)."
+            )
     misplaced = [r for r in records if not device_matches(r.device, expected)]
     if not misplaced:
         return expected
     header = (
         f"{len(misplaced)} of {len(records)} tensors of {type(root).__name__} are not on "
-        f"{expected}:"
+        f"{expected}:{split}"
     )
     # One line per tensor while that stays short; else one per layer stack.
     grouped = len(misplaced) > MAX_LINES
     groups: dict[tuple[str, ...], list[TensorRecord]] = {}
     for r in misplaced:
-        fix = _how_to_fix(r.kind, r.attribute)
+        fix = _how_to_fix(r, expected)
         name = pattern(r.name) if grouped else r.name
         groups.setdefault((name, r.kind.value, str(r.device), fix), []).append(r)
     lines = [header]
@@ -99,4 +155,6 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     if len(lines) > MAX_LINES + 1:
         more = len(lines) - 1 - MAX_LINES
         lines = [*lines[: MAX_LINES + 1], f"  ... and {more} more groups"]
-    raise DeviceMismatchError("\n".join(lines), {r.name: r.device for r in misplaced})
+    raise DeviceMismatchError(
+        fit("\n".join(lines)), {r.name: r.device for r in misplaced}
+    )

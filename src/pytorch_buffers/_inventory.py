@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +13,12 @@ from typing import Any, overload
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ._module import as_module
+from ._text import WIDTH, fit, pattern, render_html, render_text
 
 
 class TensorKind(Enum):
@@ -74,6 +75,10 @@ class TensorRecord:
     rebuilt_by_hook: bool = False
     #: False for a lazy module's parameter before its first forward.
     initialized: bool = True
+    #: The parameters an unregistered tensor shares memory with (a view such as
+    #: ``self.weight.t()``), by name.
+    view_of: tuple[str, ...] = ()
+    requires_grad: bool = False
     tensor_id: int = field(default=0, compare=False, repr=False)
 
     @property
@@ -124,37 +129,19 @@ def _row(record: TensorRecord) -> tuple[str, ...]:
     )
 
 
-def pattern(name: str) -> str:
-    """``layers.3.attn.q.weight`` -> ``layers.*.attn.q.weight``: one line per layer stack."""
-    return ".".join("*" if part.isdigit() else part for part in name.split("."))
-
-
-def render_text(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A fixed-width text table."""
-    widths = [
-        max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)
-    ]
-    lines = [
-        "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        ).rstrip()
-        for row in (header, *rows)
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def render_html(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain HTML table (styled by the page it lands on)."""
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-        for row in rows
-    )
-    return (
-        f'<table class="pytorch-buffers"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
-    )
+def _grouped(records: Sequence[TensorRecord]) -> list[tuple[str, ...]]:
+    """One row per layer stack: same pattern and same row apart from name and bytes."""
+    groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for record in records:
+        row = _row(record)
+        key = (pattern(record.name), *row[1:5], *row[6:])
+        groups.setdefault(key, []).append(row)
+    rows = []
+    for (name, *rest), members in groups.items():
+        label = members[0][0] if len(members) == 1 else f"{name} (x{len(members)})"
+        nbytes = sum(int(member[5].replace(",", "")) for member in members)
+        rows.append((label, *rest[:4], f"{nbytes:,}", *rest[4:]))
+    return rows
 
 
 class Inventory(Sequence[TensorRecord]):
@@ -204,12 +191,17 @@ class Inventory(Sequence[TensorRecord]):
         return sum(counted.values())
 
     def __str__(self) -> str:
-        table = (
-            render_text(_COLUMNS, [_row(record) for record in self._records])
-            if self._records
-            else "(no tensors)"
-        )
-        return "\n".join([table, *(f"scan cut short: {note}" for note in self.notes)])
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH, max_rows: int = 40) -> str:
+        """The table, at most ``width`` columns wide; beyond ``max_rows`` tensors,
+        one row per layer stack (``layers.*.mask (x80)``, bytes summed)."""
+        rows = [_row(record) for record in self._records]
+        if len(rows) > max_rows:
+            rows = _grouped(self._records)
+        table = render_text(_COLUMNS, rows, width) if rows else "(no tensors)"
+        notes = [f"scan cut short: {note}" for note in self.notes]
+        return fit("\n".join([table, *notes]), width)
 
     def __repr__(self) -> str:
         return str(self)
@@ -304,7 +296,13 @@ def _rebuilt_by_hooks(module: nn.Module) -> set[str]:
     hooks = module._forward_pre_hooks  # no public way to list hooks
     if not hooks:
         return set()
-    return {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
+    names = {h.name for h in hooks.values() if isinstance(h, _REBUILDING_HOOKS)}
+    # torch.nn.utils.prune: weight = weight_orig * weight_mask, before each forward
+    # (a PruningContainer when pruned twice).
+    names.update(
+        h._tensor_name for h in hooks.values() if isinstance(h, BasePruningMethod)
+    )
+    return names
 
 
 def _alias_probe() -> tuple[bool, bool]:
@@ -337,6 +335,54 @@ def _tensor_nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+_WRAPPED = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper
+
+
+def _state_dict_names(
+    names: list[str], saved: list[str] | None, kind: TensorKind
+) -> tuple[str, ...]:
+    """A registered tensor's names as ``state_dict`` spells them (found by
+    identity); others without the activation-checkpoint wrapper's segment."""
+    if saved and kind.moved_by_to:
+        return tuple(dict.fromkeys(saved))
+    return tuple(dict.fromkeys(name.replace(_WRAPPED, "") for name in names))
+
+
+def non_persistent_buffers(
+    root: nn.Module,
+) -> list[tuple[tuple[str, ...], torch.device]]:
+    """The non-persistent buffers (names, device), as :func:`inventory` lists
+    them, without scanning anything else."""
+    found: dict[int, tuple[list[str], torch.device]] = {}
+    for prefix, submodule in root.named_modules(remove_duplicate=False):
+        dotted = f"{prefix}." if prefix else ""
+        for local in submodule._non_persistent_buffers_set:
+            buffer = submodule._buffers.get(local)
+            if buffer is not None:
+                entry = found.setdefault(id(buffer), ([], buffer.device))
+                entry[0].append((dotted + local).replace(_WRAPPED, ""))
+    return [(tuple(dict.fromkeys(names)), device) for names, device in found.values()]
+
+
+def _has_storage(tensor: torch.Tensor) -> bool:
+    """Whether the tensor has memory of its own to compare (not meta, not lazy)."""
+    if is_lazy(tensor) or tensor.device.type == "meta" or tensor.is_sparse:
+        return False
+    try:
+        return tensor.untyped_storage().data_ptr() != 0
+    except (RuntimeError, NotImplementedError):  # tensors without storage
+        return False
+
+
+def _parameter_storages(root: nn.Module) -> dict[int, list[str]]:
+    """Parameter names by the address of their memory."""
+    found: dict[int, list[str]] = {}
+    for name, parameter in root.named_parameters():
+        if _has_storage(parameter):
+            found.setdefault(parameter.untyped_storage().data_ptr(), []).append(name)
+    return found
+
+
 def inventory(module: nn.Module) -> Inventory:
     """List every tensor ``module`` holds, recursively through its submodules.
 
@@ -358,7 +404,9 @@ def inventory(module: nn.Module) -> Inventory:
       ``meta`` device replaces parameters instead (torch swaps data in place
       only between compatible tensor types), so there their aliases go stale too;
     - attributes the old ``weight_norm``/``spectral_norm`` rebuild before each
-      forward (``rebuilt_by_hook``), which are not strays.
+      forward (``rebuilt_by_hook``), which are not strays;
+    - unregistered tensors that share memory with a parameter (``view_of``,
+      e.g. ``self.weight_t = self.weight.t()``).
 
     0-d tensors count like any other. Other objects' attributes are not
     scanned. A tensor reachable under several names of the same kind (tied
@@ -373,7 +421,11 @@ def inventory(module: nn.Module) -> Inventory:
         TypeError: if ``module`` is not an ``nn.Module``.
     """
     root = as_module(module, function="inventory")
-    saved = set(root.state_dict(keep_vars=True))
+    # What state_dict saves, by tensor identity: wrappers (activation
+    # checkpointing's _checkpoint_wrapped_module.) rewrite its names.
+    saved_names: dict[int, list[str]] = {}
+    for key, value in root.state_dict(keep_vars=True).items():
+        saved_names.setdefault(id(value), []).append(key)
     found: dict[tuple[int, TensorKind], list[str]] = {}
     tensors: dict[int, torch.Tensor] = {}
     registered: dict[int, list[str]] = {}
@@ -389,10 +441,17 @@ def inventory(module: nn.Module) -> Inventory:
         add(name, TensorKind.PARAMETER, parameter)
         registered.setdefault(id(parameter), []).append(name)
         parameter_ids.add(id(parameter))
-    for name, buffer in root.named_buffers(remove_duplicate=False):
-        kind = TensorKind.BUFFER if name in saved else TensorKind.NON_PERSISTENT_BUFFER
-        add(name, kind, buffer)
-        registered.setdefault(id(buffer), []).append(name)
+    for prefix, submodule in root.named_modules(remove_duplicate=False):
+        dotted = f"{prefix}." if prefix else ""
+        # Persistence is each module's own choice (register_buffer(persistent=)).
+        not_kept = submodule._non_persistent_buffers_set
+        for local, buffer in submodule._buffers.items():
+            if buffer is None:
+                continue
+            persistent = local not in not_kept
+            kind = TensorKind.BUFFER if persistent else TensorKind.NON_PERSISTENT_BUFFER
+            add(dotted + local, kind, buffer)
+            registered.setdefault(id(buffer), []).append(dotted + local)
     for prefix, submodule in root.named_modules(remove_duplicate=False):
         dotted = f"{prefix}." if prefix else ""
         rebuilt.update(dotted + name for name in _rebuilt_by_hooks(submodule))
@@ -400,6 +459,7 @@ def inventory(module: nn.Module) -> Inventory:
             add(dotted + label, kind, tensor)
 
     parameter_alias_follows, buffer_alias_follows = _alias_probe()
+    storages: dict[int, list[str]] | None = None
     records = []
     for (tensor_id, kind), names in found.items():
         tensor = tensors[tensor_id]
@@ -413,19 +473,26 @@ def inventory(module: nn.Module) -> Inventory:
                 else buffer_alias_follows
             )
         lazy = is_lazy(tensor)
+        view_of: tuple[str, ...] = ()
+        if not kind.moved_by_to and not alias_of and _has_storage(tensor):
+            if storages is None:
+                storages = _parameter_storages(root)
+            view_of = tuple(storages.get(tensor.untyped_storage().data_ptr(), ()))
         records.append(
             TensorRecord(
-                names=tuple(dict.fromkeys(names)),
+                names=_state_dict_names(names, saved_names.get(tensor_id), kind),
                 kind=kind,
                 device=tensor.device,
                 dtype=tensor.dtype,
                 shape=() if lazy else tuple(tensor.shape),
                 nbytes=0 if lazy else _tensor_nbytes(tensor),
-                saved_in_state_dict=any(name in saved for name in names),
+                saved_in_state_dict=kind.moved_by_to and tensor_id in saved_names,
                 alias_of=alias_of,
                 moved=moved,
                 rebuilt_by_hook=any(name in rebuilt for name in names),
                 initialized=not lazy,
+                view_of=view_of,
+                requires_grad=tensor.requires_grad,
                 tensor_id=tensor_id,
             )
         )

@@ -8,17 +8,12 @@ from typing import Self
 
 from torch import nn
 
-from ._inventory import (
-    TensorKind,
-    TensorRecord,
-    inventory,
-    pattern,
-    render_html,
-    render_text,
-)
+from ._inventory import TensorKind, TensorRecord, inventory
+from ._text import WIDTH, fit, pattern, render_html, render_text
 
 # Beyond this many strays, the text groups them by layer stack.
 _MAX_LINES = 20
+from ._meta import torch_answers
 from ._module import as_module
 
 
@@ -42,6 +37,16 @@ def _owner(record: TensorRecord) -> str:
     )
 
 
+def _harmless(record: TensorRecord) -> str:
+    """A 0-dim CPU tensor: torch combines it with tensors on other devices."""
+    if record.shape or record.device.type != "cpu" or not torch_answers().scalar_mixes:
+        return ""
+    return (
+        "; harmless to the forward pass: torch accepts a 0-dim CPU tensor beside "
+        "tensors on another device (asked on meta)"
+    )
+
+
 def _fix(record: TensorRecord) -> tuple[str, str]:
     where, attribute = _owner(record), record.attribute
     if record.alias_of:
@@ -53,6 +58,27 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
             (
                 f"keep no second reference; read self.{record.alias_of[0].rpartition('.')[2]} "
                 "where it is needed (a @property can give it another name)"
+            ),
+        )
+    if record.view_of and record.kind is not TensorKind.UNREGISTERED_MODULE:
+        parameter = record.view_of[0]
+        owner = record.module_path
+        local = parameter.removeprefix(f"{owner}." if owner else "")
+        stale = (
+            ""
+            if torch_answers().view_buffer_follows
+            else "; register_buffer would not help: after .to() the buffer and the "
+            "parameter are separate tensors (torch checked on a probe)"
+        )
+        return (
+            (
+                f"shares memory with the parameter {parameter} (a view of it): .to() "
+                f"moves the parameter and leaves this on {record.device}, stale{stale}"
+            ),
+            (
+                f"compute it from the parameter where it is needed, e.g. a property: "
+                f"@property def {attribute}(self): return self.{local}.t() (or the "
+                "view you took)"
             ),
         )
     if record.kind is TensorKind.UNREGISTERED_MODULE:
@@ -70,7 +96,7 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
         return (
             (
                 f"plain tensor attribute of {where}: .to() leaves it on {record.device}, "
-                "state_dict() does not save it"
+                "state_dict() does not save it" + _harmless(record)
             ),
             (
                 f'self.register_buffer("{attribute}", tensor) in __init__ instead of '
@@ -86,8 +112,12 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
             ),
             (
                 f'register each item as a buffer (self.register_buffer(f"{attribute}_{{index}}", t), '
-                "persistent=False for caches); trainable tensors go in nn.ParameterList / "
-                "nn.ParameterDict, submodules in nn.ModuleList / nn.ModuleDict"
+                "persistent=False for caches)"
+                + (
+                    "; a tensor to train goes in nn.ParameterList / nn.ParameterDict"
+                    if record.requires_grad
+                    else ""
+                )
             ),
         )
     return (
@@ -117,6 +147,13 @@ class StrayReport(tuple[Stray, ...]):
         return report
 
     def __str__(self) -> str:
+        return self.to_text()
+
+    def to_text(self, width: int = WIDTH) -> str:
+        """The report, every line at most ``width`` columns wide."""
+        return fit(self._text(), width)
+
+    def _text(self) -> str:
         cut = [f"scan cut short: {note}" for note in self.notes]
         if not self:
             return "\n".join(
@@ -171,7 +208,13 @@ def find_strays(
     ``weight_norm`` rebuilds before each forward. Wrappers (``torch.compile``,
     ``DataParallel``, ``DistributedDataParallel``) are looked through. Non-persistent buffers are moved but deliberately not saved;
     pass ``include_non_persistent=True`` to list them too. Each stray comes with a
-    one-line fix. Nothing in the module is changed.
+    one-line fix that torch confirms: a view of a parameter gets a property
+    (a registered view goes stale after ``.to()``, asked on a probe);
+    ``nn.ParameterList`` is named only for tensors that require grad; a 0-dim
+    CPU tensor stays a stray but is marked harmless to the forward pass (torch
+    combines it with tensors on other devices, asked on ``meta``). Printed,
+    the report wraps at 100 columns (``to_text(width)``). Nothing in the
+    module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or the flag is not a bool.
