@@ -33,11 +33,11 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 try:
     import pytorch_buffers as pb
 except ModuleNotFoundError:
-    install = (
-        'pip install "pytorch-buffers @ '
-        'git+https://github.com/pytorch-buffers/pytorch-buffers-guide"'
+    wheel = (  # built from this guide's commit and shipped with its site
+        "https://pytorch-buffers.github.io/pytorch-buffers-guide/"
+        "wheels/pytorch_buffers-0.2.0-py3-none-any.whl"
     )
-    msg = f"This chapter needs the pytorch_buffers library: {install}"
+    msg = f"This chapter needs the pytorch_buffers library: pip install {wheel}"
     raise SystemExit(msg) from None
 
 # sphinx_gallery_thumbnail_path = "_thumbnails/11_evolving_buffers.png"

@@ -220,3 +220,15 @@ def test_a_missing_device_suggests_the_meta_check():
     with pytest.raises(pb.DeviceMismatchError) as meta_check:
         eval("pb." + recipe, {"pb": pb, "copy": copy, "model": model})
     assert set(meta_check.value.misplaced) == {"step", "scale"}
+
+
+def test_the_library_leaves_the_callers_random_numbers_alone():
+    # A reader who calls the library between torch.manual_seed and building a
+    # model must get the model the seed promises (the probes drew numbers once).
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    model.stray = torch.zeros(1)
+    state = torch.get_rng_state()
+    pb.inventory(model)
+    pb.find_strays(model)
+    pb.explain_state_dict(model, model.state_dict())
+    assert torch.equal(torch.get_rng_state(), state)

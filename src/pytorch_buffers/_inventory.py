@@ -307,7 +307,10 @@ def _rebuilt_by_hooks(module: nn.Module) -> set[str]:
 
 def _alias_probe() -> tuple[bool, bool]:
     """Ask torch: after ``.to()``, does a second reference still see the parameter / buffer?"""
-    probe = nn.Linear(1, 1)
+    # Built from zeros, not nn.Linear: its initialisation would draw from the
+    # caller's random number generator.
+    probe = nn.Module()
+    probe.weight = nn.Parameter(torch.zeros(1, 1))
     probe.register_buffer("table", torch.zeros(1))
     weight, table = probe.weight, probe.table
     probe.to(torch.float64)

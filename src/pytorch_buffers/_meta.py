@@ -324,7 +324,8 @@ def torch_answers() -> TorchAnswers:
         no_data = ""
     except (NotImplementedError, RuntimeError) as error:
         no_data = f"{type(error).__name__}: {error}"
-    probe = nn.Linear(2, 2)
+    probe = nn.Module()  # zeros: no draw from the caller's random number generator
+    probe.weight = nn.Parameter(torch.zeros(2, 2))
     probe.register_buffer("weight_t", probe.weight.detach().t())
     probe.to(torch.float64)
     view = probe.get_buffer("weight_t")
