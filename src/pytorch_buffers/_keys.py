@@ -157,9 +157,8 @@ def shape_advice(
     path = key.rpartition(".")[0]
     if isinstance(owner, nn.Embedding) and "position" in path:
         return (
-            f"{sizes}: a position table of another length; interpolate the "
-            "checkpoint's table to the module's length, or build the model with the "
-            "checkpoint's length (max_position_embeddings)"
+            f"{sizes}: a position table of another length; build the model with "
+            "the checkpoint's length (max_position_embeddings)"
         )
     if isinstance(owner, nn.Embedding):
         return (
