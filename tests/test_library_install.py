@@ -9,8 +9,11 @@ import tomllib
 
 import pytest
 from conftest import EXAMPLES, ROOT
+from test_install_lines import library_wheel
 
 import pytorch_buffers as pb
+
+wheel_url = library_wheel.wheel_url
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 GUARDED = sorted(
@@ -27,7 +30,6 @@ def test_version_is_in_the_changelog():
 
 @pytest.mark.parametrize("chapter", GUARDED)
 def test_chapter_without_the_library_prints_the_pip_line(chapter):
-    url = PYPROJECT["project"]["urls"]["Repository"]
     run = subprocess.run(
         [
             sys.executable,
@@ -45,7 +47,7 @@ def test_chapter_without_the_library_prints_the_pip_line(chapter):
         check=False,
     )
     assert run.returncode == 1
+    # The wheel the site ships (tests/test_install_lines.py keeps every line so).
     assert run.stderr.strip() == (
-        "This chapter needs the pytorch_buffers library: pip install "
-        f'"pytorch-buffers @ git+{url}"'
+        f"This chapter needs the pytorch_buffers library: pip install {wheel_url()}"
     )
