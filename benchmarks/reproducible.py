@@ -33,7 +33,7 @@ TIMING = re.compile(
     r"lowest median here|\d+\.\d+ \[\d+\.\d+-\d+\.\d+\]"
 )
 # Chapter 12 prints what to_empty() left in memory: different on every run.
-UNINITIALISED = re.compile(r"uninitialised memory")
+UNINITIALISED = re.compile(r"uninitialised memory|\d+ of \d+ zero, \d+ not finite: ")
 # Published files that may differ between two builds of one commit, and why.
 MAY_DIFFER = {
     "_images/sphx_glr_10_mask_cost_*.png": (

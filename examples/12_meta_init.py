@@ -250,7 +250,11 @@ with torch.no_grad():
         except (RuntimeError, IndexError) as error:
             outcome = f"{type(error).__name__}: {error}"
 if got is None:
-    show(f"forward with uninitialised memory: {outcome}")
+    # torch's message names the leftover index it met: a line of its own, marked.
+    kind, _, message = outcome.partition(": ")
+    print(f"forward with uninitialised memory: {kind}")
+    if message:
+        show(f"  {message} (uninitialised memory)")
 elif torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
     print("forward (uninitialised memory) matched the reference, by chance")
 else:

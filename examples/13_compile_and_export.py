@@ -119,10 +119,14 @@ print(
 )
 print("Dynamo:", inductor_counts)
 if Path(cache_dir()) == Path(default_cache_dir()).absolute():
-    print("inductor's cache (torch's default):", cache_dir())
+    print("inductor's cache here:", cache_dir(), "(torch's default)")
 else:  # the environment variable TORCHINDUCTOR_CACHE_DIR names another folder
-    print("inductor's cache (TORCHINDUCTOR_CACHE_DIR):", os.path.relpath(cache_dir()))
-    print("without TORCHINDUCTOR_CACHE_DIR it would be:", default_cache_dir())
+    print(
+        "inductor's cache here:",
+        os.path.relpath(cache_dir()),
+        "(TORCHINDUCTOR_CACHE_DIR)",
+    )
+print("torch's default, without TORCHINDUCTOR_CACHE_DIR:", default_cache_dir())
 print(
     "steps, compiled vs eager:", compiled_model.steps.item(), eager_model.steps.item()
 )

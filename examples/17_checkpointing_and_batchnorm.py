@@ -397,7 +397,7 @@ assert 'Missing key(s) in state_dict: "body.0.weight"' in unprefixed_error, (
     f"claim: the unwrapped checkpoint needs the prefix: {unprefixed_error!r}"
 )
 copy.deepcopy(fixed_model).body.load_state_dict(plain_model.state_dict())
-copy.deepcopy(fixed_model).load_state_dict(
+_ = copy.deepcopy(fixed_model).load_state_dict(  # _ =: a bare call's repr shows
     {f"body.{key}": value for key, value in plain_model.state_dict().items()}
 )
 # sphinx_gallery_end_ignore

@@ -35,14 +35,21 @@ def page_output(site: Path, chapter: str) -> list[str]:
     ]
 
 
+# Lines that say where this run's files go: the build sets its own folders.
+ENVIRONMENT = re.compile(r"^inductor's cache here: ")
+
+
 def comparable(lines: list[str]) -> list[str]:
-    """Lines as compared: a measurement (a time, uninitialised memory) may differ;
-    the page expands tabs and strips each block's common indentation."""
+    """Lines as compared. Left out, as ``nox -s repro`` leaves them out: lines that
+    print a measurement (a time, uninitialised memory) and lines that name this
+    run's folders; blank lines too (a page trims each block's). The page expands
+    tabs and strips each block's common indentation."""
     return [
-        "<a measurement>"
-        if TIMING.search(line) or UNINITIALISED.search(line)
-        else line.expandtabs().strip()
+        line.expandtabs().strip()
         for line in lines
+        if line.strip()
+        and not (TIMING.search(line) or UNINITIALISED.search(line))
+        and not ENVIRONMENT.search(line.strip())
     ]
 
 
