@@ -2,8 +2,8 @@
 
 The tests (``run_chapter`` in ``tests/conftest.py``) record each chapter's output,
 as run on the CPU, in ``docs/_build/recorded-runs/torch-<version>-<device>/<stem>.txt``:
-``nox -s tests`` leaves one folder (torch 2.13.0), ``nox -s tests_newest`` another
-(2.14.1). Nothing here is written by hand:
+``nox -s tests`` leaves one folder (the pinned torch), ``nox -s tests_newest``
+another (the newest torch tested). Nothing here is written by hand:
 
 * each chapter page gets one line, in the note at its top: the torches whose
   recorded runs hold that chapter, and what produced this page's output (this build);
@@ -29,7 +29,8 @@ from sphinx import addnodes
 from sphinx.util.docutils import SphinxDirective
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+# Last on the path: benchmarks/build.py must never shadow an installed ``build``.
+sys.path.append(str(ROOT / "benchmarks"))
 from reproducible import TIMING, UNINITIALISED
 
 RECORDED = ROOT / "docs" / "_build" / "recorded-runs"
