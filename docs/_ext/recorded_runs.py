@@ -99,13 +99,19 @@ def ran_clean_line(stem: str, runs: list[Recording], this_build: str) -> str:
 
 
 def masked(lines: list[str]) -> list[str]:
-    """Lines as compared: a measurement (a time, uninitialised memory) may differ."""
-    return [
-        "<a measurement>"
-        if TIMING.search(line) or UNINITIALISED.search(line)
-        else line.rstrip()
-        for line in lines
-    ]
+    """Lines as compared: a line that prints a measurement (a time, uninitialised
+    memory) may differ from run to run, and so may the indented lines that continue
+    it (a wrapped message, the values listed under it): one ``<a measurement>``."""
+    result: list[str] = []
+    measuring = False
+    for line in lines:
+        if TIMING.search(line) or UNINITIALISED.search(line):
+            result.append("<a measurement>")
+            measuring = True
+        elif not (measuring and line[:1].isspace()):
+            result.append(line.rstrip())
+            measuring = False
+    return result
 
 
 def wrapped(line: str) -> list[str]:
