@@ -57,6 +57,7 @@ extensions = [
     "reader_downloads",
     "library_wheel",  # the library's wheel, shipped with the site
     "thumbnails",  # chapter numbers on the gallery's cards, legible plot thumbnails
+    "recorded_runs",  # torch versions each chapter ran clean on (tests' recordings)
     "build_guard",  # staging, interrupted builds, device/torch changes (see module)
 ]
 templates_path = ["_templates"]

@@ -16,6 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TESTS = ROOT / "tests"
 DRIVER = Path(__file__).with_name("chapter_driver.py")
+# Each chapter's output from its last clean run, per torch (docs/_ext/recorded_runs.py
+# names these torches on the chapter pages and diffs their outputs).
+RECORDED = ROOT / "docs" / "_build" / "recorded-runs"
+
+
+def record_run(stem: str, output: str, folder: Path | None = None) -> Path:
+    """Keep ``output``, a clean CPU run of chapter ``stem``, under
+    ``RECORDED/torch-<torch.__version__>-cpu/<stem>.txt``; return that file."""
+    import torch  # noqa: PLC0415 (the chapters' runs import it anyway)
+
+    target = (folder or RECORDED) / f"torch-{torch.__version__}-cpu" / f"{stem}.txt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{stem}.{os.getpid()}.tmp")
+    partial.write_text(output)
+    partial.replace(target)  # a reader never sees half a file
+    return target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +82,7 @@ def run_chapter(tmp_path: Path):
         # A reader's folder stays clean: chapters write only to temporary folders.
         assert list(tmp_path.iterdir()) == [], "the chapter wrote to its working dir"
         output, _, facts = result.stdout.rpartition("FACTS:")
+        record_run(stem, output)
         return ChapterRun(stdout=output, facts=json.loads(facts), cwd=tmp_path)
 
     return run

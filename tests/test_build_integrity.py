@@ -10,8 +10,10 @@ dependencies: ``nox -s build_checks`` runs them (``nox -s tests`` skips them).
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,6 +189,24 @@ def test_inductor_cache_stays_under_the_build_folder(site: Path) -> None:
     # conf.py chooses it when the caller did not (nox -s docs sets the same).
     expected = "inductor cache: .../docs/_build/torchinductor"
     assert expected in page(site, "auto_examples/01_first")
+
+
+def ran_clean(site: Path, name: str) -> str:
+    """The line a chapter page says which torches it ran clean on (recorded_runs)."""
+    (line,) = re.findall(
+        r'<p class="guide-ran-clean">(.*?)</p>', page(site, name), re.DOTALL
+    )
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", line)).split())
+
+
+def test_without_recordings_a_chapter_names_only_this_build(site: Path) -> None:
+    # A fresh clone's nox -s docs: no test run recorded anything yet.
+    line = ran_clean(site, "auto_examples/01_first")
+    assert line.startswith("Ran clean on: "), line
+    assert line.endswith(
+        " with torch " + build_info.version("torch")
+        + " (this build, which produced this page's output); no recorded test run."
+    ), line  # fmt: skip
 
 
 def test_second_build_in_same_folder_stops_at_once(site: Path) -> None:
@@ -475,3 +495,75 @@ def test_library_users_found_from_their_imports(
     script = tmp_path / "01_chapter.py"
     script.write_text(textwrap.dedent(code))
     assert imports_library(script) is uses
+
+
+def test_chapter_pages_name_the_recorded_torches_and_a_page_lists_differences(
+    tmp_path: Path,
+) -> None:
+    versions_page = (ROOT / "docs" / "torch_versions.md").read_text()
+    site = tiny_site(
+        tmp_path / "repo",
+        {"01_first.py": chapter("First"), "02_second.py": chapter("Second")},
+        {"torch_versions.md": versions_page},
+    )
+    # What nox -s tests and nox -s tests_newest leave (tests/conftest.py record_run).
+    runs = site / "docs" / "_build" / "recorded-runs"
+    old, new = runs / "torch-2.13.0+cpu-cpu", runs / "torch-2.14.1-cpu"
+    old.mkdir(parents=True)
+    new.mkdir()
+    (old / "01_first.txt").write_text(
+        "same\nold value 1\nstep took 1.25 ms\n  detail a\n"
+    )
+    long_line = "wide " * 50
+    (new / "01_first.txt").write_text(
+        f"same\nnew value 2\nstep took 9.5 ms\n  detail b\n  detail c\n{long_line}\n"
+    )
+    (old / "02_second.txt").write_text("only recorded on the oldest torch\n")
+    result = run_build(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    both = "Ran clean on: torch 2.13.0+cpu on CPU, torch 2.14.1 on CPU (recorded test runs)"
+    assert ran_clean(site, "auto_examples/01_first").startswith(both + " and ")
+    second = ran_clean(site, "auto_examples/02_second")
+    assert second.startswith(
+        "Ran clean on: torch 2.13.0+cpu on CPU (recorded test runs) and "
+    )
+    assert "(this build, which produced this page's output)." in second
+    assert "2.14.1" not in second, "a torch that did not run the chapter is named"
+
+    versions = page(site, "torch_versions")
+    (diff,) = re.findall(
+        r'class="guide-torch-diff[^"]*"><div class="highlight"><pre>(.*?)</pre>',
+        versions,
+        re.DOTALL,
+    )
+    lines = html.unescape(re.sub(r"<[^>]+>", "", diff)).splitlines()
+    assert lines[:2] == ["--- torch 2.13.0+cpu on CPU", "+++ torch 2.14.1 on CPU"]
+    assert [line for line in lines if "value" in line] == [
+        "-old value 1",
+        "+new value 2",
+    ]
+    assert not [line for line in lines if " ms" in line or "detail" in line], (
+        "a measurement is a difference"
+    )
+    assert max(map(len, lines)) <= 100, "a line wider than 100 columns"
+    wide = [line for line in lines if "wide" in line]
+    assert len(wide) == 3, "not wrapped"
+    assert all(line.startswith("+") for line in wide), "a continuation lost its mark"
+    assert "".join(wide).count("wide") == 50
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", versions)).split())
+    assert "Second: only one torch recorded (torch 2.13.0+cpu on CPU)." in text
+
+    # Unchanged recordings: a no-op rebuild writes no page.
+    before = html_pages(site)
+    assert run_build(site).returncode == 0
+    assert [name for name in before if html_pages(site)[name] != before[name]] == []
+    # The newest torch's run gone: the pages follow the recordings at once.
+    shutil.rmtree(new)
+    result = run_build(site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2.14.1" not in ran_clean(site, "auto_examples/01_first")
+    text = " ".join(
+        html.unescape(re.sub(r"<[^>]+>", "", page(site, "torch_versions"))).split()
+    )
+    assert "First: only one torch recorded (torch 2.13.0+cpu on CPU)." in text
