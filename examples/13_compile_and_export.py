@@ -20,6 +20,7 @@ import copy
 import io
 import logging
 import os
+import tempfile
 import textwrap
 import time
 import warnings
@@ -118,15 +119,24 @@ print(
     f"(inductor's on-disk cache: {inductor_cache})"
 )
 print("Dynamo:", inductor_counts)
-if Path(cache_dir()) == Path(default_cache_dir()).absolute():
-    print("inductor's cache here:", cache_dir(), "(torch's default)")
-else:  # the environment variable TORCHINDUCTOR_CACHE_DIR names another folder
-    print(
-        "inductor's cache here:",
-        os.path.relpath(cache_dir()),
-        "(TORCHINDUCTOR_CACHE_DIR)",
-    )
-print("torch's default, without TORCHINDUCTOR_CACHE_DIR:", default_cache_dir())
+
+
+def where(folder):
+    """A cache folder as a reader can find it, without this machine's paths."""
+    folder = Path(folder).absolute()
+    if folder.parent == Path(tempfile.gettempdir()).absolute():
+        return f"{folder.name} in tempfile.gettempdir()"
+    return os.path.relpath(folder)
+
+
+# torch itself sets TORCHINDUCTOR_CACHE_DIR once it has chosen: compare folders.
+chosen = Path(cache_dir()).absolute() != Path(default_cache_dir()).absolute()
+print(
+    "inductor's cache here:",
+    where(cache_dir()),
+    "(TORCHINDUCTOR_CACHE_DIR)" if chosen else "(torch's default)",
+)
+print("torch's default, without TORCHINDUCTOR_CACHE_DIR:", where(default_cache_dir()))
 print(
     "steps, compiled vs eager:", compiled_model.steps.item(), eager_model.steps.item()
 )
