@@ -56,18 +56,20 @@ def device_description() -> str:
     return str(device.type)
 
 
-def commit_epoch() -> str | None:
-    """The checkout's last commit time (seconds since 1970), or ``None`` outside git."""
+def _git(*arguments: str) -> str | None:
+    """What a git command prints, or ``None`` outside a git checkout."""
     try:
         result = subprocess.run(
-            ["git", "log", "-1", "--format=%ct"],
-            capture_output=True,
-            text=True,
-            check=True,
+            ["git", *arguments], capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError):
         return None
     return result.stdout.strip() or None
+
+
+def commit_epoch() -> str | None:
+    """The checkout's last commit time (seconds since 1970), or ``None`` outside git."""
+    return _git("log", "-1", "--format=%ct")
 
 
 def dated_by_commit() -> bool:
@@ -96,16 +98,7 @@ def build_commit() -> str | None:
     for variable in ("READTHEDOCS_GIT_COMMIT_HASH", "GITHUB_SHA"):
         if os.environ.get(variable):
             return os.environ[variable][:12]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return result.stdout.strip() or None
+    return _git("rev-parse", "--short=12", "HEAD")
 
 
 def cached_device_description(cache: Path) -> str:
