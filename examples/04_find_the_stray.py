@@ -12,8 +12,9 @@ the model runs, on any machine, and to explain a ``load_state_dict`` mismatch.
    Unlike the first three chapters, this one needs the library as well as
    torch. The library needs torch 2.13 or newer (``torch>=2.13`` in its
    ``pyproject.toml``). Install torch first (see the README), then the library's
-   wheel, built from the same commit as this site and shipped with it:
-   ``pip install https://pytorch-buffers.github.io/pytorch-buffers-guide/wheels/pytorch_buffers-0.2.0-py3-none-any.whl``.
+   wheel, built from the same commit as this site and shipped with it::
+
+       pip install https://pytorch-buffers.github.io/pytorch-buffers-guide/wheels/pytorch_buffers-0.2.0-py3-none-any.whl
 """
 
 # %%

@@ -280,10 +280,11 @@ assert not caught_again, "claim: torch issues the warning once per process"
 # -----------------------------
 # A T x T mask takes T² elements per layer that holds one: 4 bytes each in
 # float32, 1 byte as bool. ``scaled_dot_product_attention(..., is_causal=True)``
-# stores no mask tensor: you keep none, and its fused kernels build none (the
-# math fallback, ``SDPBackend.MATH``, builds a T x T one on every call). These
-# numbers are computed, not allocated: torch
-# reports the size of a mask on the ``meta`` device, which holds no data.
+# stores no mask tensor: you keep none, and its fused kernels build none (a
+# CPU build checks the one it runs), while the math fallback,
+# ``SDPBackend.MATH``, builds a T x T one on every call. These numbers are
+# computed, not allocated: torch reports the size of a mask on the ``meta``
+# device, which holds no data.
 
 lengths = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
 
@@ -292,6 +293,37 @@ def mask_bytes(length, dtype):
     return torch.empty(length, length, dtype=dtype, device="meta").nbytes
 
 
+# sphinx_gallery_start_ignore
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class SquareTensors(TorchDispatchMode):
+    """Records the T x T tensors an operation makes (no output, no random numbers)."""
+
+    def __init__(self, length):
+        super().__init__()
+        self.length, self.made = length, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.shape[-2:] == (self.length,) * 2:
+            self.made.append(str(func))
+        return out
+
+
+qkv = [torch.zeros(1, 2, 64, 8, device=device) for _ in range(3)]
+with sdpa_kernel(SDPBackend.MATH), SquareTensors(64) as math_made:
+    F.scaled_dot_product_attention(*qkv, is_causal=True)
+assert math_made.made, "claim: the math fallback builds a T x T mask on every call"
+if device.type == "cpu":
+    with SquareTensors(64) as fused_made:
+        F.scaled_dot_product_attention(*qkv, is_causal=True)
+    assert not fused_made.made, (
+        f"claim: the fused kernel builds none: {fused_made.made}"
+    )
+del qkv
+# sphinx_gallery_end_ignore
 float32_bytes, bool_bytes = (
     torch.empty(0, dtype=dtype).element_size() for dtype in (torch.float32, torch.bool)
 )
@@ -449,7 +481,7 @@ ax.set_xticks(lengths, [f"{length // 1024}k" for length in lengths])
 ax.set_yscale("log")
 ax.set_xlabel("context length T (tokens)")
 ax.set_ylabel("memory per layer (GiB)")
-ax.set_title("Memory of one T x T causal mask; is_causal=True needs none")
+ax.set_title("Memory of one T x T causal mask; is_causal=True stores none")
 ax.legend(loc="lower right")
 plt.show()
 

@@ -3,8 +3,8 @@ Buffers that change: BatchNorm and the optimizer
 ================================================
 
 The notebook says buffers, "unlike parameters, ... are not updated during
-training". That is half right. The optimizer never updates a buffer, but a
-module may update its own buffers in ``forward``. BatchNorm does exactly that:
+training". That is half right. An optimizer built from ``model.parameters()``
+never updates a buffer, but a module may update its own buffers in ``forward``. BatchNorm does exactly that:
 its running mean and variance are buffers that change with every training
 batch and freeze in ``eval()``. This chapter watches them change, and shows
 what the optimizer sees.
@@ -318,7 +318,8 @@ assert torch.equal(model.state_dict()["1.running_mean"], norm.running_mean), (
 # %%
 # What to remember
 # ----------------
-# - The optimizer never sees buffers, and they get no gradients unless
+# - An optimizer built from ``parameters()`` never sees buffers, and they get no
+#   gradients unless
 #   registered from a tensor that requires one, but ``forward`` may update them:
 #   BatchNorm's running statistics change in ``train()`` (even under
 #   ``torch.no_grad()``) and freeze in ``eval()``.

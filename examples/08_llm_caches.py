@@ -40,7 +40,7 @@ torch.manual_seed(123)
 # -----------------------------------------------
 # ``Rotary`` builds cos/sin tables for every position up to the context length,
 # in float32, and registers them with ``persistent=False``: the configuration
-# rebuilds them exactly. ``Attention`` preallocates its cache for the whole
+# rebuilds them (bit for bit on the same device). ``Attention`` preallocates its cache for the whole
 # context (``k_cache``, ``v_cache``) and fills it position by position. It also
 # keeps a boolean causal mask as a buffer, in the convention of
 # ``scaled_dot_product_attention``: ``True`` means *may attend* (the book's mask
@@ -474,7 +474,7 @@ assert int(filled.sum()) == cached_tokens.shape[1], (
 # A checkpoint of this model holds only its weights. Saving the cache would store
 # whatever the last generation left behind, sized for one batch size and one
 # context length; saving the rotary table would store numbers the configuration
-# reproduces exactly.
+# reproduces.
 
 state = model.state_dict()
 weights = sum(t.numel() * t.element_size() for t in state.values())
@@ -520,7 +520,10 @@ print(
     "blocks.0.attn.rotary.cos" not in half_model.state_dict(),
 )
 assert rotary.cos.dtype == torch.float32, "claim: the table is float32 again"
-assert torch.equal(rotary.cos, full_cos), "claim: rebuilt exactly"
+if full_cos.device.type == "cpu":  # built and rebuilt on the CPU: bit for bit
+    assert torch.equal(rotary.cos, full_cos), "claim: rebuilt exactly"
+else:  # built on the CPU, rebuilt on the device: cos kernels may differ in a bit
+    torch.testing.assert_close(rotary.cos, full_cos)
 
 # %%
 # Where real models do this

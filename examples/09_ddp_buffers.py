@@ -350,7 +350,7 @@ assert copied == {
 # %%
 # Where that bites: a loop that recomputes BatchNorm statistics under
 # ``torch.no_grad()`` in training mode (as ``torch.optim.swa_utils.update_bn``
-# does), or evaluation straight after gradient accumulation in ``no_sync()``,
+# does), or an evaluation right after a forward inside ``no_sync()``,
 # leaves each rank with its own statistics, and no later forward under
 # ``no_grad()`` brings them together. To make them agree before saving, run one
 # forward with gradients on, or copy rank 0's buffers yourself (inside each

@@ -6,7 +6,7 @@ Memory is one cost of a registered mask; time is another. This chapter times the
 forward pass of one causal attention layer three ways: with the mask registered
 as a buffer (the book's approach), with the mask rebuilt in every forward pass
 (what people write to avoid buffers), and with
-``scaled_dot_product_attention(is_causal=True)``, which needs no mask tensor. The
+``scaled_dot_product_attention(is_causal=True)``, which stores no mask tensor. The
 numbers are medians of repeated measurements taken when this page was built, on
 the device named below, with their spread; on other hardware they will differ,
 and the conclusions printed at the end are computed from these numbers, not
@@ -304,7 +304,7 @@ print(f"  lowest median here: {fastest}")
 # - A registered mask costs memory, built once; a mask rebuilt in every forward
 #   pass costs building time on every call, which may or may not be measurable
 #   next to the attention itself: the verdict above is this device's.
-# - ``scaled_dot_product_attention(is_causal=True)`` needs no mask tensor at all,
+# - ``scaled_dot_product_attention(is_causal=True)`` stores no mask tensor at all,
 #   and torch picks the kernel it runs on each device; whether it is the fastest
 #   of the three on yours is a measurement, like the one above, not an assumption.
 # - ``mask[:t, :t]`` and ``is_causal=True`` are right only while the queries and

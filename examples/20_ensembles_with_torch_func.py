@@ -325,8 +325,8 @@ assert passed_anyway["1.num_batches_tracked"].tolist() == [0] * MEMBERS, (
 # Training the ensemble
 # ---------------------
 # The stacked parameters are leaves, so one optimizer trains every member at
-# once. Summing the members' losses gives each member exactly its own gradient,
-# because no member's loss depends on another member's slice. One AdamW step,
+# once. Summing the members' losses gives each member its own gradient (to float
+# rounding), because no member's loss depends on another member's slice. One AdamW step,
 # checked against the loop's gradients:
 
 optimizer = torch.optim.AdamW(params.values(), lr=1e-2)

@@ -6,7 +6,9 @@ Distributed checkpoints and buffers
 models spread over many processes: a state dict becomes a folder of files. It
 is not ``torch.save`` plus ``load_state_dict`` under another name:
 ``dcp.load`` fills the tensors of a state dict *you* give it, in place, and
-never calls ``load_state_dict``. That one fact decides which buffers travel,
+then calls no ``load_state_dict`` (given a module instead of a state dict, DCP
+treats it as ``Stateful`` and calls its ``load_state_dict`` after reading its
+*current* keys; not run here). That one fact decides which buffers travel,
 what happens when the keys of the model and the checkpoint differ, and whether
 the load hooks of chapter 11 run. This chapter asks each question in
 one process, with no process group, and prints torch's answers.
@@ -290,7 +292,8 @@ assert torch.equal(smaller[0].weight, model[0].weight), "claim: the rest is load
 # Chapter 11 made an old checkpoint load by migrating its keys inside the
 # module: ``_load_from_state_dict`` (or a hook registered with
 # ``register_load_state_dict_pre_hook``) renames them on the way in. Both run
-# inside ``load_state_dict``, which ``dcp.load`` never calls. Version 1 of our
+# inside ``load_state_dict``, which ``dcp.load`` of a state dict never calls.
+# Version 1 of our
 # module called its persistent buffer ``gain``; version 2 renames it ``scale``
 # and migrates, and records each call:
 
@@ -445,7 +448,8 @@ workdir.cleanup()
 #   raises ``CheckpointException`` (a ``BaseException``: ``except Exception``
 #   misses it) unless ``allow_partial_load=True``; a key the model lacks is
 #   ignored without a word. A non-persistent buffer keeps the new model's value.
-# - ``dcp.load`` calls no ``load_state_dict``, so ``_load_from_state_dict``
+# - ``dcp.load`` of a state dict calls no ``load_state_dict``, so
+#   ``_load_from_state_dict``
 #   migrations and load pre-hooks do not run; ``set_model_state_dict`` runs
 #   them, with the *new* model's version. To migrate an old checkpoint, load it
 #   under its own keys (from its ``.metadata``) and migrate by keys.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -28,9 +29,15 @@ def record_run(stem: str, output: str, folder: Path | None = None) -> Path:
 
     target = (folder or RECORDED) / f"torch-{torch.__version__}-cpu" / f"{stem}.txt"
     target.parent.mkdir(parents=True, exist_ok=True)
+    source = EXAMPLES / f"{stem}.py"
+    # The source it ran: a recording of an edited chapter is stale, not "clean".
+    fingerprint = target.with_suffix(".sha256")
+    fingerprint.unlink(missing_ok=True)
     partial = target.with_name(f".{stem}.{os.getpid()}.tmp")
     partial.write_text(output)
     partial.replace(target)  # a reader never sees half a file
+    if source.is_file():
+        fingerprint.write_text(hashlib.sha256(source.read_bytes()).hexdigest())
     return target
 
 

@@ -54,6 +54,8 @@ def test_chapters_that_import_the_library_name_the_shipped_wheel():
             line for line in wheels_named_in(source) if line.startswith("https://")
         ]
         assert named == [library_wheel.wheel_url()], f"{path.name}: {named}"
+        for url in WHEEL.findall(source):  # prose too (the intro's install block)
+            assert url == library_wheel.wheel_url(), f"{path.name}: {url}"
         assert "git+https" not in source, f"{path.name} still installs from git"
 
 

@@ -4,6 +4,7 @@ the build's side is checked in tests/test_build_integrity.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import conftest
@@ -47,3 +48,12 @@ def test_a_failed_run_records_nothing(
     with pytest.raises(AssertionError):
         run_chapter("99_broken")
     assert list(recorded.iterdir()) == []
+
+
+def test_a_recording_keeps_the_fingerprint_of_the_source_it_ran(tmp_path):
+    # The docs build names a torch only for recordings of the chapter as it is now.
+    target = conftest.record_run("01_mask_left_behind", "output\n", tmp_path)
+    source = (conftest.EXAMPLES / "01_mask_left_behind.py").read_bytes()
+    assert (
+        target.with_suffix(".sha256").read_text() == hashlib.sha256(source).hexdigest()
+    )

@@ -60,9 +60,19 @@ class Recording:
             return Version("0"), self.torch + self.device
 
     def output(self, stem: str) -> list[str] | None:
-        """The chapter's recorded output lines, or ``None`` where it was not run."""
+        """The chapter's recorded output lines, or ``None`` where it was not run,
+        or was run from another version of its source (the fingerprint differs)."""
         path = self.folder / f"{stem}.txt"
+        fingerprint = path.with_suffix(".sha256")
+        if fingerprint.is_file() and fingerprint.read_text() != source_hash(stem):
+            return None
         return path.read_text().splitlines() if path.is_file() else None
+
+
+def source_hash(stem: str) -> str:
+    """The chapter's source as ``record_run`` fingerprints it ("" when absent)."""
+    source = ROOT / "examples" / f"{stem}.py"
+    return hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else ""
 
 
 def recordings(folder: Path = RECORDED) -> list[Recording]:
@@ -81,6 +91,8 @@ def digest(runs: list[Recording], this_build: str) -> str:
         for path in sorted(run.folder.glob("*.txt")):
             sha.update(f"{run.folder.name}/{path.name}\0".encode())
             sha.update(path.read_bytes())
+            # An edited chapter makes its recordings stale: read the pages again.
+            sha.update(f"{run.output(path.stem) is not None}\0".encode())
     return sha.hexdigest()
 
 
