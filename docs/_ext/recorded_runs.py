@@ -126,6 +126,12 @@ def masked(lines: list[str]) -> list[str]:
     return result
 
 
+def without_version(lines: list[str], torch: str) -> list[str]:
+    """The run's own torch version, where a line prints it, as ``<this torch>``:
+    every chapter names its torch, which is no difference in what it shows."""
+    return [line.replace(torch, "<this torch>") for line in lines]
+
+
 def wrapped(line: str) -> list[str]:
     """A diff line in pieces of at most ``WIDTH`` columns; each continuation keeps
     the line's ``+``/``-`` mark, so it stays coloured as the line it continues."""
@@ -252,7 +258,10 @@ class TorchVersionDifferences(SphinxDirective):
                 continue
             old, new = present[0], present[-1]
             lines = differences(
-                old.output(stem) or [], new.output(stem) or [], old.label, new.label
+                without_version(old.output(stem) or [], old.torch),
+                without_version(new.output(stem) or [], new.torch),
+                old.label,
+                new.label,
             )
             if not lines:
                 paragraph += nodes.Text(
