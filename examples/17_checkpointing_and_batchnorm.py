@@ -50,7 +50,7 @@ def make_block():
 
 STEPS = 5
 batches = [torch.randn(32, 16, device=device) * 2 + 1 for _ in range(STEPS)]
-start = make_block().to(device)
+initial_block = make_block().to(device)
 
 
 def train(model, forward):
@@ -74,7 +74,10 @@ def checkpointed(model, batch):
     return checkpoint(model, batch, use_reentrant=False)
 
 
-plain_model, checkpointed_model = copy.deepcopy(start), copy.deepcopy(start)
+plain_model, checkpointed_model = (
+    copy.deepcopy(initial_block),
+    copy.deepcopy(initial_block),
+)
 plain_losses = train(plain_model, plain)
 checkpointed_losses = train(checkpointed_model, checkpointed)
 
@@ -139,7 +142,7 @@ assert (
 # ------------------------------
 # One step, watched: the counter after the forward pass, then after backward.
 
-watched = copy.deepcopy(start)
+watched = copy.deepcopy(initial_block)
 output = checkpoint(watched, batches[0], use_reentrant=False)
 after_forward = watched[1].num_batches_tracked.item()
 output.square().mean().backward()
@@ -157,7 +160,7 @@ assert (after_forward, after_backward) == (1, 2), (
 # the batch mean instead of 0.1: as if the momentum were 0.19.
 
 with torch.no_grad():
-    batch_mean = start[0](batches[0]).mean(dim=0)
+    batch_mean = initial_block[0](batches[0]).mean(dim=0)
 ratio = (watched[1].running_mean / batch_mean).median().item()
 print(f"running_mean / batch mean after one checkpointed step: {ratio:.4f}")
 # sphinx_gallery_start_ignore
@@ -177,7 +180,7 @@ assert torch.allclose(watched[1].running_mean, 0.19 * batch_mean, atol=1e-5), (
 
 
 def updates(flavour, training, grad):
-    model = copy.deepcopy(start).train(training)
+    model = copy.deepcopy(initial_block).train(training)
     x = batches[0].clone().requires_grad_()
     with torch.set_grad_enabled(grad):
         if flavour == "none":
@@ -260,7 +263,7 @@ def norm_outside(model, batch):
     return model[2](model[1](hidden))
 
 
-outside_model = copy.deepcopy(start)
+outside_model = copy.deepcopy(initial_block)
 outside_losses = train(outside_model, norm_outside)
 outside_numbers = compare(outside_model)
 show(plain=plain_numbers, **{"BatchNorm outside": outside_numbers})
@@ -323,7 +326,7 @@ class Checkpointed(nn.Module):
         return contextlib.nullcontext(), buffers_put_back(self.body)
 
 
-fixed_model = Checkpointed(copy.deepcopy(start))
+fixed_model = Checkpointed(copy.deepcopy(initial_block))
 fixed_losses = train(fixed_model, plain)
 fixed_numbers = compare(fixed_model.body)
 show(plain=plain_numbers, Checkpointed=fixed_numbers)
@@ -412,7 +415,7 @@ _ = copy.deepcopy(fixed_model).load_state_dict(  # _ =: a bare call's repr shows
 # refuses it:
 
 try:
-    checkpoint(start, batches[0], use_reentrant=True, context_fn=lambda: 0)
+    checkpoint(initial_block, batches[0], use_reentrant=True, context_fn=lambda: 0)
     refused = None
 except ValueError as error:
     refused = f"{type(error).__name__}: {error}"
@@ -432,13 +435,13 @@ assert refused is not None, "claim: the reentrant flavour refuses context_fn"
 # there) and counts once too, for this block:
 
 torch._dynamo.reset()
-compiled_model = copy.deepcopy(start)
+compiled_model = copy.deepcopy(initial_block)
 compiled_losses = train(
     compiled_model, torch.compile(checkpointed, backend="aot_eager")
 )
 compiled_numbers = compare(compiled_model)
 torch._dynamo.reset()
-compiled_wrapped = Checkpointed(copy.deepcopy(start))
+compiled_wrapped = Checkpointed(copy.deepcopy(initial_block))
 compiled_wrapped_losses = train(
     compiled_wrapped, torch.compile(plain, backend="aot_eager")
 )
