@@ -13,7 +13,11 @@ sys.path.insert(0, str(DOCS / "_ext"))
 
 from build_guard import hold_build_lock
 from build_info import build_line, outputs_made_with
-from gallery_hooks import rerun_chapters_when_library_changes, run_time_limit
+from gallery_hooks import (
+    parse_each_chapter_once,
+    rerun_chapters_when_library_changes,
+    run_time_limit,
+)
 from offline_inventories import write_inventory
 from thumbnails import write_thumbnails
 
@@ -134,6 +138,11 @@ if PREVIEW:
     for stamp in (DOCS / "auto_examples").glob("*.md5"):
         stamp.unlink()
 write_thumbnails(DOCS / "_thumbnails")
+parse_each_chapter_once(
+    examples=DOCS.parent / "examples",
+    gallery=DOCS / "auto_examples",
+    store=DOCS / "_build" / "gallery-parses.pickle",
+)
 rerun_chapters_when_library_changes(
     examples=DOCS.parent / "examples",
     gallery=DOCS / "auto_examples",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import os
 import re
 import shutil
@@ -183,6 +184,65 @@ def test_no_op_rebuild_writes_no_page(site: Path) -> None:
     rewritten = sorted(name for name in before if after.get(name) != before[name])
     assert rewritten == [], f"a no-op rebuild wrote {len(rewritten)} pages"
     assert not (site / "docs" / "_build" / "html.staging").exists()
+
+
+def reader_files(site: Path) -> dict[str, bytes]:
+    """What a reader downloads: the chapter scripts, notebooks, zips and the wheel."""
+    return {
+        str(path.relative_to(published(site))): path.read_bytes()
+        for pattern in ("_downloads/*/*", "notebooks/*", "wheels/*")
+        for path in sorted(published(site).glob(pattern))
+    }
+
+
+def zipped_script(files: dict[str, bytes], name: str) -> str:
+    (archive,) = (data for path, data in files.items() if path.endswith("python.zip"))
+    with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+        return zipped.read(name).decode()
+
+
+def test_rebuilds_reuse_downloads_wheel_and_parses_only_while_sources_stand(
+    site: Path,
+) -> None:
+    # The no-op skips (reader_downloads, library_wheel, gallery_hooks'
+    # parse_each_chapter_once) must not serve what an edit made stale. The
+    # fixture's stamp, so that the chapter's output reads as the fixture left it.
+    chapter_file = site / "examples" / "01_first.py"
+    library_file = site / "src" / "pytorch_buffers" / "__init__.py"
+    chapter_text, library_text = chapter_file.read_text(), library_file.read_text()
+    chapter_file.write_text(
+        chapter_text.replace("A tiny chapter.", "A tiny chapter, edited.")
+        + "\n# sphinx_gallery_start_ignore\nassert True  # hidden check\n"
+        "# sphinx_gallery_end_ignore\nprint('shown')\n"
+    )
+    library_file.write_text(library_text + "# a library edit\n")
+    try:
+        edited = run_build(site, TINY_STAMP="one")
+        assert edited.returncode == 0, edited.stdout + edited.stderr
+        files = reader_files(site)
+        assert "A tiny chapter, edited." in page(site, "auto_examples/01_first")
+        (script,) = (v for k, v in files.items() if k.endswith("/01_first.py"))
+        for text in (script.decode(), zipped_script(files, "01_first.py")):
+            assert "print('shown')" in text
+            assert "hidden check" not in text, "a download kept a hidden check"
+        (wheel,) = (v for k, v in files.items() if k.endswith(".whl"))
+        with zipfile.ZipFile(io.BytesIO(wheel)) as zipped:
+            assert b"# a library edit" in zipped.read("pytorch_buffers/__init__.py")
+
+        no_op = run_build(site, TINY_STAMP="one")
+        assert no_op.returncode == 0, no_op.stdout + no_op.stderr
+        assert reader_files(site) == files, "a no-op changed what readers download"
+    finally:
+        chapter_file.write_text(chapter_text)
+        library_file.write_text(library_text)
+    reverted = run_build(site, TINY_STAMP="one")
+    assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+    files = reader_files(site)
+    assert "A tiny chapter, edited." not in page(site, "auto_examples/01_first")
+    assert "print('shown')" not in zipped_script(files, "01_first.py")
+    (wheel,) = (v for k, v in files.items() if k.endswith(".whl"))
+    with zipfile.ZipFile(io.BytesIO(wheel)) as zipped:
+        assert b"# a library edit" not in zipped.read("pytorch_buffers/__init__.py")
 
 
 def test_inductor_cache_stays_under_the_build_folder(site: Path) -> None:

@@ -219,21 +219,50 @@ def prepare(app: Sphinx, config: Any) -> None:  # noqa: ARG001
     app.guide_published = published  # type: ignore[attr-defined]
 
 
-def deterministic_zip(path: Path, epoch: int) -> None:
-    """Rewrite ``path`` with sorted entries, one timestamp and fixed permissions."""
-    with zipfile.ZipFile(path) as source:
-        entries = [(info.filename, source.read(info)) for info in source.infolist()]
-    stamp = time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
+def zip_epoch() -> int:
+    """The zips' one timestamp: ``SOURCE_DATE_EPOCH`` (the last commit's time)."""
+    return int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
+
+
+def _zip_info(name: str, epoch: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix, whatever machine built it
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def deterministic_zip_bytes(entries: list[tuple[str, bytes]], epoch: int) -> bytes:
+    """A zip of ``(name, data)`` entries: sorted, one timestamp, fixed permissions."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as target:
         for name, data in sorted(entries):
-            info = zipfile.ZipInfo(name, date_time=stamp)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.create_system = 3  # Unix, whatever machine built it
-            info.external_attr = 0o644 << 16
-            target.writestr(info, data)
-    if path.read_bytes() != buffer.getvalue():
-        path.write_bytes(buffer.getvalue())
+            target.writestr(_zip_info(name, epoch), data)
+    return buffer.getvalue()
+
+
+def _is_deterministic(archive: zipfile.ZipFile, epoch: int) -> bool:
+    """Whether ``deterministic_zip_bytes`` wrote it (read from its directory alone)."""
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    expected = _zip_info("", epoch)
+    return names == sorted(names) and all(
+        (info.date_time, info.compress_type, info.create_system, info.external_attr)
+        == (expected.date_time, expected.compress_type, expected.create_system,
+            expected.external_attr)
+        for info in infos
+    )  # fmt: skip
+
+
+def deterministic_zip(path: Path, epoch: int) -> None:
+    """Rewrite ``path`` with sorted entries, one timestamp and fixed permissions."""
+    with zipfile.ZipFile(path) as source:
+        if _is_deterministic(source, epoch):  # reader_downloads already wrote it so
+            return
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
+    data = deterministic_zip_bytes(entries, epoch)
+    if path.read_bytes() != data:
+        path.write_bytes(data)
 
 
 def _failing_chapters(app: Sphinx) -> dict[str, str]:
@@ -385,9 +414,8 @@ def publish(app: Sphinx, exception: Exception | None) -> None:
     if published is None or not _succeeded(app, exception):
         return
     staging = Path(app.outdir)
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", ZIP_EPOCH_MIN))
     for archive in sorted(staging.rglob("*.zip")):
-        deterministic_zip(archive, epoch)
+        deterministic_zip(archive, zip_epoch())
     old = published.with_name(published.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     # Two renames: a reader (or the live-reload server) sees the old site or the new

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import atexit
+import functools
 import hashlib
 import os
+import pickle
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -178,3 +182,67 @@ def rerun_chapters_when_library_changes(
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest.hexdigest())
     return users
+
+
+def parse_each_chapter_once(examples: Path, gallery: Path, store: Path) -> None:
+    """Parse each chapter in full only when sphinx-gallery may run it.
+
+    sphinx-gallery (0.22) parses every chapter in full (its syntax tree) to read
+    its per-file settings, then again to write its page, even when the chapter
+    is up to date; on a rebuild that changed nothing, those parses are most of
+    its time. Here, a chapter whose ``.md5`` in the gallery matches its source
+    (sphinx-gallery will not run it) gets the settings and text blocks recorded
+    when it was last parsed (``store``, keyed on its bytes) and no syntax tree,
+    which sphinx-gallery uses only to run a chapter. Any other chapter is parsed
+    once and the result handed to the next caller, which then owns it.
+    """
+    try:
+        import sphinx_gallery  # noqa: PLC0415
+        from sphinx_gallery import py_source_parser  # noqa: PLC0415
+        from sphinx_gallery.utils import get_md5sum  # noqa: PLC0415
+    except ImportError:  # the tests import this module without sphinx-gallery
+        return
+    parse = py_source_parser.split_code_and_text_blocks
+    if getattr(parse, "parse_each_chapter_once", False):
+        return
+    version = f"{sphinx_gallery.__version__} {sys.version}"
+    try:
+        recorded_version, recorded = pickle.loads(store.read_bytes())
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError):
+        recorded_version, recorded = None, {}
+    if recorded_version != version:
+        recorded = {}
+    seen: dict[bytes, Any] = {}
+    kept: dict[tuple[bytes, bool], Any] = {}
+
+    def up_to_date(path: Path) -> bool:
+        stamp = gallery / f"{path.name}.md5"
+        return (
+            path.parent.resolve() == examples.resolve()
+            and stamp.is_file()
+            and stamp.read_text() == get_md5sum(path, mode="t")
+        )
+
+    @functools.wraps(parse)
+    def parse_once(source_file: str, return_node: bool = False) -> Any:
+        path = Path(source_file)
+        digest = hashlib.sha256(
+            f"{path.resolve()}\0".encode() + path.read_bytes()
+        ).digest()
+        if digest in recorded and up_to_date(path):
+            seen[digest] = settings_and_blocks = recorded[digest]
+            return (*settings_and_blocks, None) if return_node else settings_and_blocks
+        if (digest, return_node) in kept:
+            return kept.pop((digest, return_node))
+        kept[digest, return_node] = parsed = parse(source_file, return_node=return_node)
+        seen[digest] = parsed[:2]
+        return parsed
+
+    @atexit.register
+    def record() -> None:
+        if seen and seen != recorded:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_bytes(pickle.dumps((version, seen)))
+
+    parse_once.parse_each_chapter_once = True  # type: ignore[attr-defined]
+    py_source_parser.split_code_and_text_blocks = parse_once

@@ -5,11 +5,16 @@ built from the same commit (``pip install <site>/wheels/<name>``), until the
 package is on PyPI. Every install line in the project names :func:`wheel_url`;
 ``tests/test_install_lines.py`` keeps them in step. The wheel is built by hatchling
 (the project's build backend) with ``SOURCE_DATE_EPOCH`` set by the build, so two
-builds of one commit ship the same bytes; it is rewritten only when they change.
+builds of one commit ship the same bytes; it is rewritten only when they change,
+and built only when what hatchling reads changed (``library-wheel.json`` beside the
+build's doctrees records a hash of those files and of the wheel).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import tempfile
 import tomllib
@@ -47,13 +52,49 @@ def wheel_url(root: Path = ROOT) -> str:
     return f"{site_url(root)}{FOLDER}/{wheel_name(root)}"
 
 
+def wheel_inputs(root: Path = ROOT) -> str:
+    """A hash of what hatchling reads to build the wheel: the package's files, the
+    project's metadata files, its version and ``SOURCE_DATE_EPOCH``."""
+    from hatchling import __about__  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    digest.update(
+        f"{__about__.__version__} {os.environ.get('SOURCE_DATE_EPOCH')}".encode()
+    )
+    package = root / "src" / "pytorch_buffers"
+    files = [
+        *(
+            root / name
+            for name in ("pyproject.toml", "README.md", "LICENSE", ".gitignore")
+        ),
+        *(path for path in package.rglob("*") if "__pycache__" not in path.parts),
+    ]
+    for path in sorted(files):
+        if path.is_file():
+            digest.update(f"\0{path.relative_to(root)}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def ship_wheel(app: Sphinx, exception: Exception | None) -> None:
     """Build the wheel into the output's ``wheels/`` folder (html builds only)."""
     if exception is not None or app.builder.format != "html":
         return
+    target = Path(app.outdir) / FOLDER / wheel_name()
+    memo = Path(app.doctreedir) / "library-wheel.json"
+    inputs = wheel_inputs()
+    try:
+        recorded = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if (
+        recorded.get("inputs") == inputs
+        and target.is_file()
+        and hashlib.sha256(target.read_bytes()).hexdigest() == recorded.get("wheel")
+    ):
+        return  # the last good site's wheel (build_guard's staging copy) stands
     from hatchling.builders.wheel import WheelBuilder  # noqa: PLC0415
 
-    target = Path(app.outdir) / FOLDER / wheel_name()
     with tempfile.TemporaryDirectory() as scratch:
         (built,) = WheelBuilder(str(ROOT)).build(
             directory=scratch, versions=["standard"]
@@ -65,6 +106,8 @@ def ship_wheel(app: Sphinx, exception: Exception | None) -> None:
         for stale in target.parent.glob("*.whl"):
             stale.unlink()
         target.write_bytes(data)
+    wheel = hashlib.sha256(data).hexdigest()
+    memo.write_text(json.dumps({"inputs": inputs, "wheel": wheel}, indent=1) + "\n")
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

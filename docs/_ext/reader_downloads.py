@@ -9,11 +9,19 @@ their hidden blocks, and the notebooks of chapters that import the guide's
 library get a first cell that installs it (the wheel shipped with the site,
 built from the same commit, until the package is published), and the Sphinx roles left in their
 Markdown (``:func:`pytorch_buffers.inventory` ``) become Markdown links to the
-page that documents the name. Zips get the same treatment.
+page that documents the name. Zips get the same treatment, and fixed timestamps.
+
+Sphinx copies every download again on each build, so a rebuild would redo all of
+this; instead ``reader-downloads.json`` (beside the build's doctrees) records, per
+file, the hash of what Sphinx copied, the hash of what was published, and each
+link it resolved. When what Sphinx copied, the links and the install cell are as
+recorded, the published copy from the last good site is reused as it is.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 import zipfile
@@ -25,6 +33,7 @@ from sphinx.application import Sphinx
 from sphinx_gallery.py_source_parser import remove_ignore_blocks
 
 LIBRARY = "pytorch_buffers"
+MEMO = "reader-downloads.json"
 
 
 def reader_script(source: str, name: str) -> str:
@@ -145,23 +154,61 @@ def _clean(
     return data
 
 
-def _rewrite(path: Path, data: bytes) -> None:
-    if path.read_bytes() != data:
-        path.write_bytes(data)
+def _clean_zip(
+    data: bytes, install: dict[str, Any], users: set[str], resolve: Resolve
+) -> bytes:
+    """Each member cleaned; written with build_guard's fixed order and timestamps."""
+    from build_guard import deterministic_zip_bytes, zip_epoch  # noqa: PLC0415
 
-
-def _rewrite_zip(
-    path: Path, install: dict[str, Any], users: set[str], resolve: Resolve
-) -> None:
-    # build_guard.publish then gives every zip a fixed order and timestamps.
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         members = [
-            (info, _clean(info.filename, archive.read(info), install, users, resolve))
+            (
+                info.filename,
+                _clean(info.filename, archive.read(info), install, users, resolve),
+            )
             for info in archive.infolist()
         ]
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for info, data in members:
-            archive.writestr(info, data)
+    return deterministic_zip_bytes(members, zip_epoch())
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _reader_copy(
+    name: str,
+    data: bytes,
+    install: dict[str, Any],
+    users: set[str],
+    resolve: Resolve,
+) -> tuple[bytes, dict[str, str | None]]:
+    """What a reader downloads for this file, and the links resolved on the way
+    (``{"func pytorch_buffers.inventory": url}``)."""
+    lookups: dict[str, str | None] = {}
+
+    def recorded(role: str, target: str) -> str | None:
+        lookups[f"{role} {target}"] = url = resolve(role, target)
+        return url
+
+    if name.endswith(".zip"):
+        return _clean_zip(data, install, users, recorded), lookups
+    return _clean(name, data, install, users, recorded), lookups
+
+
+def _reusable(
+    entry: dict[str, Any] | None, copied: bytes, previous: Path, resolve: Resolve
+) -> bytes | None:
+    """The last good site's copy, when it was made from these bytes, with links
+    that still resolve as they did; else ``None``."""
+    if not entry or entry["copied"] != _sha256(copied) or not previous.is_file():
+        return None
+    data = previous.read_bytes()
+    if _sha256(data) != entry["published"]:
+        return None
+    for lookup, url in entry["lookups"].items():
+        if resolve(*lookup.split(" ", 1)) != url:
+            return None
+    return data
 
 
 def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
@@ -175,14 +222,33 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
     examples = Path(app.srcdir).parent / "examples"
     users = {path.stem for path in examples.glob("*.py") if imports_library(path)}
     out = Path(app.outdir)
+    # build_guard's last good site: its copies are already clean.
+    previous_site = Path(getattr(app, "guide_published", out))
     resolve = site_resolver(app)
-    for path in sorted(out.glob("_downloads/*/*.py")):
-        _rewrite(path, _clean(path.name, path.read_bytes(), install, users))
-    notebooks = [*out.glob("_downloads/*/*.ipynb"), *out.glob("notebooks/*.ipynb")]
-    for path in sorted(notebooks):
-        _rewrite(path, _clean(path.name, path.read_bytes(), install, users, resolve))
-    for path in sorted(out.glob("_downloads/*/*.zip")):
-        _rewrite_zip(path, install, users, resolve)
+    memo_path = Path(app.doctreedir) / MEMO
+    context = _sha256(json.dumps([install, sorted(users)]).encode())
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    recorded = memo.get("files", {}) if memo.get("context") == context else {}
+    files = {}
+    for path in sorted(
+        [*out.glob("_downloads/*/*.py"), *out.glob("_downloads/*/*.ipynb"),
+         *out.glob("notebooks/*.ipynb"), *out.glob("_downloads/*/*.zip")]
+    ):  # fmt: skip
+        name = path.relative_to(out).as_posix()
+        copied = path.read_bytes()
+        data = _reusable(recorded.get(name), copied, previous_site / name, resolve)
+        lookups = recorded.get(name, {}).get("lookups", {})
+        if data is None:
+            data, lookups = _reader_copy(path.name, copied, install, users, resolve)
+        if data != copied:
+            path.write_bytes(data)
+        files[name] = {
+            "copied": _sha256(copied), "published": _sha256(data), "lookups": lookups
+        }  # fmt: skip
+    memo_path.write_text(json.dumps({"context": context, "files": files}, indent=1))
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
