@@ -201,21 +201,27 @@ def zipped_script(files: dict[str, bytes], name: str) -> str:
         return zipped.read(name).decode()
 
 
-def test_rebuilds_reuse_downloads_wheel_and_parses_only_while_sources_stand(
+def test_rebuilds_reuse_downloads_wheel_parses_and_404_only_while_sources_stand(
     site: Path,
 ) -> None:
     # The no-op skips (reader_downloads, library_wheel, gallery_hooks'
-    # parse_each_chapter_once) must not serve what an edit made stale. The
-    # fixture's stamp, so that the chapter's output reads as the fixture left it.
+    # parse_each_chapter_once, build_guard's 404 page) must not serve what an edit
+    # made stale. The fixture's stamp, so that the chapter's output reads as the
+    # fixture left it.
     chapter_file = site / "examples" / "01_first.py"
     library_file = site / "src" / "pytorch_buffers" / "__init__.py"
-    chapter_text, library_text = chapter_file.read_text(), library_file.read_text()
+    page_file = site / "docs" / "page0.md"
+    sources = {
+        path: path.read_text() for path in (chapter_file, library_file, page_file)
+    }
     chapter_file.write_text(
-        chapter_text.replace("A tiny chapter.", "A tiny chapter, edited.")
+        sources[chapter_file].replace("A tiny chapter.", "A tiny chapter, edited.")
         + "\n# sphinx_gallery_start_ignore\nassert True  # hidden check\n"
         "# sphinx_gallery_end_ignore\nprint('shown')\n"
     )
-    library_file.write_text(library_text + "# a library edit\n")
+    library_file.write_text(sources[library_file] + "# a library edit\n")
+    page_file.write_text(sources[page_file].replace("# Page 0", "# Page zero"))
+    not_found = published(site) / "404.html"
     try:
         edited = run_build(site, TINY_STAMP="one")
         assert edited.returncode == 0, edited.stdout + edited.stderr
@@ -228,13 +234,16 @@ def test_rebuilds_reuse_downloads_wheel_and_parses_only_while_sources_stand(
         (wheel,) = (v for k, v in files.items() if k.endswith(".whl"))
         with zipfile.ZipFile(io.BytesIO(wheel)) as zipped:
             assert b"# a library edit" in zipped.read("pytorch_buffers/__init__.py")
+        assert "Page zero" in not_found.read_text(), "the 404 page's navigation"
 
+        made = not_found.stat().st_mtime_ns
         no_op = run_build(site, TINY_STAMP="one")
         assert no_op.returncode == 0, no_op.stdout + no_op.stderr
         assert reader_files(site) == files, "a no-op changed what readers download"
+        assert not_found.stat().st_mtime_ns == made, "a no-op wrote the 404 page"
     finally:
-        chapter_file.write_text(chapter_text)
-        library_file.write_text(library_text)
+        for path, text in sources.items():
+            path.write_text(text)
     reverted = run_build(site, TINY_STAMP="one")
     assert reverted.returncode == 0, reverted.stdout + reverted.stderr
     files = reader_files(site)
@@ -243,6 +252,7 @@ def test_rebuilds_reuse_downloads_wheel_and_parses_only_while_sources_stand(
     (wheel,) = (v for k, v in files.items() if k.endswith(".whl"))
     with zipfile.ZipFile(io.BytesIO(wheel)) as zipped:
         assert b"# a library edit" not in zipped.read("pytorch_buffers/__init__.py")
+    assert "Page zero" not in not_found.read_text()
 
 
 def test_inductor_cache_stays_under_the_build_folder(site: Path) -> None:
