@@ -138,11 +138,6 @@ if PREVIEW:
     for stamp in (DOCS / "auto_examples").glob("*.md5"):
         stamp.unlink()
 write_thumbnails(DOCS / "_thumbnails")
-parse_each_chapter_once(
-    examples=DOCS.parent / "examples",
-    gallery=DOCS / "auto_examples",
-    store=DOCS / "_build" / "gallery-parses.pickle",
-)
 rerun_chapters_when_library_changes(
     examples=DOCS.parent / "examples",
     gallery=DOCS / "auto_examples",
@@ -184,6 +179,12 @@ sphinx_gallery_conf = {
     "backreferences_dir": "gen_modules/backreferences",
     "prefer_full_module": {"pytorch_buffers"},
 }
+parse_each_chapter_once(
+    examples=DOCS.parent / "examples",
+    gallery=DOCS / "auto_examples",
+    store=DOCS / "_build" / "gallery-parses.pickle",
+    gallery_conf=sphinx_gallery_conf,
+)
 
 # What the banner names as the producer of the outputs; when it changes, every
 # chapter and the cheat sheet run again (build_guard).

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 import build_info
+from build_guard import _is_deterministic as is_deterministic
 from build_guard import deterministic_zip
 from gallery_hooks import imports_library
 from reproducible import compare_sites
@@ -222,9 +223,14 @@ def test_rebuilds_reuse_downloads_wheel_parses_and_404_only_while_sources_stand(
     library_file.write_text(sources[library_file] + "# a library edit\n")
     page_file.write_text(sources[page_file].replace("# Page 0", "# Page zero"))
     not_found = published(site) / "404.html"
+    wheel_memo = site / "docs" / "_build" / "doctrees-html" / "library-wheel.json"
+    verbose = [arg for arg in sphinx_command(site) if arg != "-q"] + ["-v"]
     try:
-        edited = run_build(site, TINY_STAMP="one")
+        edited = run_build(site, verbose, TINY_STAMP="one")
         assert edited.returncode == 0, edited.stdout + edited.stderr
+        assert "01_first.py: settings and text as last parsed" not in edited.stdout
+        assert "02_second.py: settings and text as last parsed" in edited.stdout
+        assert re.search(r"reader downloads: [1-9]\d* cleaned", edited.stdout)
         files = reader_files(site)
         assert "A tiny chapter, edited." in page(site, "auto_examples/01_first")
         (script,) = (v for k, v in files.items() if k.endswith("/01_first.py"))
@@ -236,11 +242,16 @@ def test_rebuilds_reuse_downloads_wheel_parses_and_404_only_while_sources_stand(
             assert b"# a library edit" in zipped.read("pytorch_buffers/__init__.py")
         assert "Page zero" in not_found.read_text(), "the 404 page's navigation"
 
-        made = not_found.stat().st_mtime_ns
-        no_op = run_build(site, TINY_STAMP="one")
+        made = not_found.stat().st_mtime_ns, wheel_memo.stat().st_mtime_ns
+        no_op = run_build(site, verbose, TINY_STAMP="one")
         assert no_op.returncode == 0, no_op.stdout + no_op.stderr
         assert reader_files(site) == files, "a no-op changed what readers download"
-        assert not_found.stat().st_mtime_ns == made, "a no-op wrote the 404 page"
+        # ... and it reused them all, rather than making them again.
+        assert "reader downloads: 0 cleaned" in no_op.stdout, no_op.stdout
+        for name in ("01_first.py", "02_second.py"):
+            assert f"{name}: settings and text as last parsed" in no_op.stdout
+        made_now = not_found.stat().st_mtime_ns, wheel_memo.stat().st_mtime_ns
+        assert made_now == made, "a no-op wrote the 404 page or built the wheel"
     finally:
         for path, text in sources.items():
             path.write_text(text)
@@ -253,6 +264,23 @@ def test_rebuilds_reuse_downloads_wheel_parses_and_404_only_while_sources_stand(
     with zipfile.ZipFile(io.BytesIO(wheel)) as zipped:
         assert b"# a library edit" not in zipped.read("pytorch_buffers/__init__.py")
     assert "Page zero" not in not_found.read_text()
+
+
+def test_rerunning_stale_chapters_parses_them_in_full(site: Path) -> None:
+    # With run_stale_examples, sphinx-gallery runs up-to-date chapters too, and
+    # needs each one's syntax tree to link its code to the API (.codeobj.json).
+    codeobj = site / "docs" / "auto_examples" / "01_first.codeobj.json"
+    before = codeobj.read_text()
+    assert "environ" in before, before
+    verbose = [arg for arg in sphinx_command(site) if arg != "-q"]
+    rerun = run_build(
+        site,
+        [*verbose, "-D", "sphinx_gallery_conf.run_stale_examples=1"],
+        TINY_STAMP="one",
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "successfully executed 2 out of 2 files" in rerun.stdout, rerun.stdout
+    assert codeobj.read_text() == before
 
 
 def test_inductor_cache_stays_under_the_build_folder(site: Path) -> None:
@@ -519,9 +547,13 @@ def test_zips_are_rewritten_the_same_whatever_their_timestamps(tmp_path: Path) -
         archive = tmp_path / f"all-{when}.zip"
         with zipfile.ZipFile(archive, "w") as zipped:
             zipped.write(source, "chapter.py")
-        deterministic_zip(archive, epoch=1_767_225_600)
+        deterministic_zip(archive, epoch=1_767_225_601)  # an odd second
         archives.append(archive.read_bytes())
     assert archives[0] == archives[1]
+    # Told from its directory alone, so that a no-op rebuild re-zips nothing.
+    with zipfile.ZipFile(archive) as zipped:
+        assert is_deterministic(zipped, epoch=1_767_225_601)
+        assert not is_deterministic(zipped, epoch=1_767_225_603)
 
 
 def test_reproducibility_check_compares_every_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import ast
 import atexit
 import functools
 import hashlib
+import logging
 import os
 import pickle
 import shutil
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from sphinx.errors import ConfigError
+from sphinx.util import logging as sphinx_logging
 
 # Seconds a chapter (or the cheat sheet) may run before the build fails.
 TIMEOUT_VARIABLE = "GUIDE_TIMEOUT"
@@ -184,17 +186,32 @@ def rerun_chapters_when_library_changes(
     return users
 
 
-def parse_each_chapter_once(examples: Path, gallery: Path, store: Path) -> None:
+class _WarningCount(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: ARG002
+        self.count += 1
+
+
+def parse_each_chapter_once(
+    examples: Path, gallery: Path, store: Path, gallery_conf: dict[str, Any]
+) -> None:
     """Parse each chapter in full only when sphinx-gallery may run it.
 
     sphinx-gallery (0.22) parses every chapter in full (its syntax tree) to read
     its per-file settings, then again to write its page, even when the chapter
     is up to date; on a rebuild that changed nothing, those parses are most of
     its time. Here, a chapter whose ``.md5`` in the gallery matches its source
-    (sphinx-gallery will not run it) gets the settings and text blocks recorded
-    when it was last parsed (``store``, keyed on its bytes) and no syntax tree,
-    which sphinx-gallery uses only to run a chapter. Any other chapter is parsed
-    once and the result handed to the next caller, which then owns it.
+    (so sphinx-gallery will not run it, unless ``run_stale_examples`` is set in
+    ``gallery_conf``, which ``-D`` overrides update) gets the settings and text
+    blocks recorded when it was last parsed (``store``, keyed on its path and
+    bytes) and no syntax tree, which sphinx-gallery uses only to run a chapter.
+    A parse that logged a warning (a bad per-file setting) is not recorded, so
+    that the warning, and a ``-W`` build's failure, come back on every build.
+    Any other chapter is parsed once and the same result given to the next
+    caller too (the first, sphinx-gallery's settings pass, only reads it).
     """
     try:
         import sphinx_gallery  # noqa: PLC0415
@@ -206,19 +223,23 @@ def parse_each_chapter_once(examples: Path, gallery: Path, store: Path) -> None:
     if getattr(parse, "parse_each_chapter_once", False):
         return
     version = f"{sphinx_gallery.__version__} {sys.version}"
-    try:
-        recorded_version, recorded = pickle.loads(store.read_bytes())
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError):
-        recorded_version, recorded = None, {}
-    if recorded_version != version:
-        recorded = {}
+    recorded: dict[bytes, Any] = {}
+    try:  # a cache: whatever is wrong with it, parse afresh
+        recorded_version, pickled = pickle.loads(store.read_bytes())
+        if recorded_version == version:
+            recorded = dict(pickle.loads(pickled))
+    except Exception:  # noqa: BLE001, S110
+        pass
     seen: dict[bytes, Any] = {}
     kept: dict[tuple[bytes, bool], Any] = {}
+    warnings = _WarningCount()
+    sphinx_logger = sphinx_logging.getLogger(__name__)
 
     def up_to_date(path: Path) -> bool:
         stamp = gallery / f"{path.name}.md5"
         return (
-            path.parent.resolve() == examples.resolve()
+            not gallery_conf.get("run_stale_examples")
+            and path.parent.resolve() == examples.resolve()
             and stamp.is_file()
             and stamp.read_text() == get_md5sum(path, mode="t")
         )
@@ -230,19 +251,32 @@ def parse_each_chapter_once(examples: Path, gallery: Path, store: Path) -> None:
             f"{path.resolve()}\0".encode() + path.read_bytes()
         ).digest()
         if digest in recorded and up_to_date(path):
+            sphinx_logger.verbose("%s: settings and text as last parsed", path.name)
             seen[digest] = settings_and_blocks = recorded[digest]
             return (*settings_and_blocks, None) if return_node else settings_and_blocks
         if (digest, return_node) in kept:
             return kept.pop((digest, return_node))
-        kept[digest, return_node] = parsed = parse(source_file, return_node=return_node)
-        seen[digest] = parsed[:2]
+        logger = logging.getLogger(
+            "sphinx"
+        )  # Sphinx's loggers, sphinx-gallery's among them
+        logger.addHandler(warnings)
+        before = warnings.count
+        try:
+            parsed = parse(source_file, return_node=return_node)
+        finally:
+            logger.removeHandler(warnings)
+        kept[digest, return_node] = parsed
+        if warnings.count == before:
+            seen[digest] = parsed[:2]
         return parsed
 
     @atexit.register
     def record() -> None:
         if seen and seen != recorded:
             store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_bytes(pickle.dumps((version, seen)))
+            partial = store.with_name(f"{store.name}.{os.getpid()}")
+            partial.write_bytes(pickle.dumps((version, pickle.dumps(seen))))
+            partial.replace(store)
 
     parse_once.parse_each_chapter_once = True  # type: ignore[attr-defined]
     py_source_parser.split_code_and_text_blocks = parse_once

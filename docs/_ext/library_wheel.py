@@ -52,26 +52,33 @@ def wheel_url(root: Path = ROOT) -> str:
     return f"{site_url(root)}{FOLDER}/{wheel_name(root)}"
 
 
+# Beside pyproject.toml: the files hatchling reads for the wheel's metadata and
+# file selection (readme, licence files it picks up by name, ignore rules, its own
+# configuration file).
+METADATA_FILES = (
+    "pyproject.toml", "hatch.toml", "README*", "LICEN[CS]E*", "COPYING*", "NOTICE*",
+    "AUTHORS*", ".gitignore",
+)  # fmt: skip
+
+
 def wheel_inputs(root: Path = ROOT) -> str:
-    """A hash of what hatchling reads to build the wheel: the package's files, the
-    project's metadata files, its version and ``SOURCE_DATE_EPOCH``."""
+    """A hash of what hatchling reads to build the wheel: the package's files
+    (``[tool.hatch.build.targets.wheel] packages``) and their executable bits, the
+    metadata files, hatchling's version and ``SOURCE_DATE_EPOCH``."""
     from hatchling import __about__  # noqa: PLC0415
 
     digest = hashlib.sha256()
-    digest.update(
-        f"{__about__.__version__} {os.environ.get('SOURCE_DATE_EPOCH')}".encode()
-    )
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    digest.update(f"{__about__.__version__} {epoch}".encode())
     package = root / "src" / "pytorch_buffers"
     files = [
-        *(
-            root / name
-            for name in ("pyproject.toml", "README.md", "LICENSE", ".gitignore")
-        ),
+        *(path for pattern in METADATA_FILES for path in root.glob(pattern)),
         *(path for path in package.rglob("*") if "__pycache__" not in path.parts),
     ]
-    for path in sorted(files):
+    for path in sorted(set(files)):
         if path.is_file():
-            digest.update(f"\0{path.relative_to(root)}\0".encode())
+            executable = path.stat().st_mode & 0o100
+            digest.update(f"\0{path.relative_to(root)} {executable}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -84,9 +91,9 @@ def ship_wheel(app: Sphinx, exception: Exception | None) -> None:
     memo = Path(app.doctreedir) / "library-wheel.json"
     inputs = wheel_inputs()
     try:
-        recorded = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        recorded = {}
+        recorded = dict(json.loads(memo.read_text()))
+    except (OSError, ValueError, TypeError):
+        recorded = {}  # none yet, or not one this module wrote: build the wheel
     if (
         recorded.get("inputs") == inputs
         and target.is_file()

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from sphinx.application import Sphinx
+from sphinx.util import logging
 from sphinx_gallery.py_source_parser import remove_ignore_blocks
 
 LIBRARY = "pytorch_buffers"
 MEMO = "reader-downloads.json"
+logger = logging.getLogger(__name__)
 
 
 def reader_script(source: str, name: str) -> str:
@@ -200,15 +202,32 @@ def _reusable(
 ) -> bytes | None:
     """The last good site's copy, when it was made from these bytes, with links
     that still resolve as they did; else ``None``."""
-    if not entry or entry["copied"] != _sha256(copied) or not previous.is_file():
-        return None
-    data = previous.read_bytes()
-    if _sha256(data) != entry["published"]:
-        return None
-    for lookup, url in entry["lookups"].items():
-        if resolve(*lookup.split(" ", 1)) != url:
+    try:
+        if entry["copied"] != _sha256(copied) or not previous.is_file():
             return None
+        data = previous.read_bytes()
+        if _sha256(data) != entry["published"]:
+            return None
+        for lookup, url in entry["lookups"].items():
+            if resolve(*lookup.split(" ", 1)) != url:
+                return None
+    except (TypeError, KeyError, AttributeError, ValueError):  # not a memo entry
+        return None
     return data
+
+
+def _cleaning_context(install: dict[str, Any], users: set[str]) -> str:
+    """What a cleaned file depends on besides its own bytes and links: the install
+    cell, the chapters that import the library, and the code that cleans (this
+    module, build_guard's zip writer, sphinx-gallery's hidden-block remover)."""
+    import sphinx_gallery  # noqa: PLC0415
+
+    code = [Path(__file__), Path(__file__).with_name("build_guard.py")]
+    digest = hashlib.sha256(json.dumps([install, sorted(users)]).encode())
+    digest.update(sphinx_gallery.__version__.encode())
+    for path in code:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
@@ -226,13 +245,15 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
     previous_site = Path(getattr(app, "guide_published", out))
     resolve = site_resolver(app)
     memo_path = Path(app.doctreedir) / MEMO
-    context = _sha256(json.dumps([install, sorted(users)]).encode())
+    context = _cleaning_context(install, users)
     try:
         memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    recorded = memo.get("files", {}) if memo.get("context") == context else {}
+        recorded = memo["files"] if memo["context"] == context else {}
+        assert isinstance(recorded, dict)
+    except (OSError, ValueError, TypeError, KeyError, AssertionError):
+        recorded = {}  # none yet, or not one this module wrote: clean every file
     files = {}
+    reused = 0
     for path in sorted(
         [*out.glob("_downloads/*/*.py"), *out.glob("_downloads/*/*.ipynb"),
          *out.glob("notebooks/*.ipynb"), *out.glob("_downloads/*/*.zip")]
@@ -240,8 +261,10 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
         name = path.relative_to(out).as_posix()
         copied = path.read_bytes()
         data = _reusable(recorded.get(name), copied, previous_site / name, resolve)
-        lookups = recorded.get(name, {}).get("lookups", {})
-        if data is None:
+        if data is not None:
+            lookups = recorded[name]["lookups"]
+            reused += 1
+        else:
             data, lookups = _reader_copy(path.name, copied, install, users, resolve)
         if data != copied:
             path.write_bytes(data)
@@ -249,6 +272,11 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
             "copied": _sha256(copied), "published": _sha256(data), "lookups": lookups
         }  # fmt: skip
     memo_path.write_text(json.dumps({"context": context, "files": files}, indent=1))
+    logger.info(
+        "reader downloads: %d cleaned, %d as the last good site had them",
+        len(files) - reused,
+        reused,
+    )
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
