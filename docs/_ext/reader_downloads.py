@@ -14,8 +14,9 @@ page that documents the name. Zips get the same treatment, and fixed timestamps.
 Sphinx copies every download again on each build, so a rebuild would redo all of
 this; instead ``reader-downloads.json`` (beside the build's doctrees) records, per
 file, the hash of what Sphinx copied, the hash of what was published, and each
-link it resolved. When what Sphinx copied, the links and the install cell are as
-recorded, the published copy from the last good site is reused as it is.
+link it resolved. When what Sphinx copied and the links are as recorded, and the
+install cell, the chapters that import the library and the cleaning code are
+unchanged, the published copy from the last good site is reused as it is.
 """
 
 from __future__ import annotations
@@ -249,9 +250,10 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
     try:
         memo = json.loads(memo_path.read_text())
         recorded = memo["files"] if memo["context"] == context else {}
-        assert isinstance(recorded, dict)
-    except (OSError, ValueError, TypeError, KeyError, AssertionError):
+    except (OSError, ValueError, TypeError, KeyError):
         recorded = {}  # none yet, or not one this module wrote: clean every file
+    if not isinstance(recorded, dict):
+        recorded = {}
     files = {}
     reused = 0
     for path in sorted(
