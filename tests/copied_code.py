@@ -189,6 +189,73 @@ def check_ranks(entry: Ranked, world_size: int) -> None:
     assert entry.agrees(namespace, reports), f"on {world_size} ranks: {reports}"
 
 
+@dataclass(frozen=True)
+class Stateful:
+    """A class a chapter offers for the state it holds, with no ``forward``
+    (buffers registered as the page's fix shows): it must copy, save and load,
+    and cast, like any module."""
+
+    chapter: str
+    name: str
+    make: Callable[[types.SimpleNamespace], nn.Module]
+
+    @property
+    def id(self) -> str:
+        return f"{self.chapter[:2]}.{self.name}"
+
+    def build(self) -> nn.Module:
+        return self.make(definitions(self.chapter))
+
+
+def tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, persistent or not, by name."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def assert_same_tensors(actual: nn.Module, expected: nn.Module, what: str) -> None:
+    ours, theirs = tensors(actual), tensors(expected)
+    assert list(ours) == list(theirs), f"{what}: other tensors {list(ours)}"
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype, f"{what}: {name} is {ours[name].dtype}"
+        assert_same(ours[name], tensor, f"{what}: {name}")
+
+
+def check_state_copies(entry: Stateful) -> None:
+    """deepcopy, and a state_dict round trip into an instance built under another
+    seed (strict=True), give every tensor back, ties included."""
+    with seeded(1):
+        module = entry.build()
+    with seeded(2):
+        fresh = entry.build()
+    assert_same_tensors(copy.deepcopy(module), module, "deepcopy")
+    assert ties(copy.deepcopy(module)) == ties(module), "deepcopy changed the ties"
+    fresh.load_state_dict(module.state_dict(), strict=True)
+    assert_same_tensors(fresh, module, "state_dict round trip")
+    assert ties(fresh) == ties(module), "a fresh instance has other ties"
+
+
+def check_state_bfloat16(entry: Stateful) -> None:
+    """``.to(torch.bfloat16)`` casts the floating-point tensors, leaves the others,
+    and the cast module's state_dict loads into another cast instance."""
+    with seeded(1):
+        module = entry.build()
+    cast_module = copy.deepcopy(module).to(torch.bfloat16)
+    for name, tensor in tensors(module).items():
+        expected = torch.bfloat16 if tensor.is_floating_point() else tensor.dtype
+        got = tensors(cast_module)[name].dtype
+        assert got == expected, f".to(bfloat16): {name} is {got}, not {expected}"
+    with seeded(2):
+        fresh = entry.build().to(torch.bfloat16)
+    fresh.load_state_dict(cast_module.state_dict(), strict=True)
+    assert_same_tensors(fresh, cast_module, "bfloat16 state_dict round trip")
+
+
+STATE_CHECKS: dict[str, Callable[[Stateful], None]] = {
+    "copies": check_state_copies,
+    "bfloat16": check_state_bfloat16,
+}
+
+
 # --------------------------------------------------------------------------
 # Helpers
 

@@ -11,7 +11,7 @@ two buffer names, as it unties weights) are not here.
 from __future__ import annotations
 
 import torch
-from copied_code import Copied, Ranked
+from copied_code import Copied, Ranked, Stateful
 
 
 def reset_buffers(module, _entry):
@@ -61,6 +61,14 @@ REGISTRY: list[Copied] = [
         make=lambda ns: ns.CausalAttentionWithBuffer(3, 2, 8, 0.0),
         example=floats(3),
         inductor=True,
+    ),
+    Copied(
+        "07_batchnorm_and_optimizer",
+        "FrozenNormSequential",
+        make=lambda ns: ns.FrozenNormSequential(
+            torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)
+        ),
+        example=rows(4),
     ),
     Copied(
         "08_llm_caches",
@@ -200,3 +208,101 @@ RANKED: list[Ranked] = [
         ),
     ),
 ]
+
+STATEFUL: list[Stateful] = [
+    Stateful("04_find_the_stray", "FixedTinyGPT", make=lambda ns: ns.FixedTinyGPT()),
+    Stateful(
+        "04_find_the_stray", "MaskedAttentionV2", make=lambda ns: ns.MaskedAttentionV2()
+    ),
+    Stateful(
+        "05_non_persistent_buffers",
+        "Attention",
+        make=lambda ns: ns.Attention(dim=8, context_length=16, persistent_mask=False),
+    ),
+    Stateful("06_dtypes_and_memory", "Block", make=lambda ns: ns.Block()),
+    Stateful("21_distributed_checkpoints", "Scaler", make=lambda ns: ns.Scaler()),
+    Stateful(
+        "21_distributed_checkpoints",
+        "ScalerWithCount",
+        make=lambda ns: ns.ScalerWithCount(),
+    ),
+]
+
+_PART = "a part of {}, which is registered and builds it"
+_BUG = "the bug the page then fixes ({})"
+_STRAYS = "holds strays for the library to inspect; the page says it is not to copy"
+_EARLIER = "an earlier version, kept to make old checkpoints ({} replaces it)"
+_INSTRUMENT = "the page's instrument: records what torch does, for the page's checks"
+
+NOT_OFFERED: dict[tuple[str, str], str] = {
+    ("01_mask_left_behind", "CausalAttentionWithoutBuffers"): _BUG.format(
+        "chapter 2's CausalAttentionWithBuffer"
+    ),
+    ("02_register_buffer", "CausalAttentionWithoutBuffers"): _BUG.format(
+        "CausalAttentionWithBuffer"
+    ),
+    ("03_state_dict", "CausalAttentionWithoutBuffers"): _BUG.format(
+        "CausalAttentionWithBuffer"
+    ),
+    ("03_state_dict", "CausalAttentionWithBuffer"): (
+        "chapter 2's class, the same source, registered there"
+    ),
+    ("03_state_dict", "Order"): "shows the order of state_dict()'s keys",
+    ("03_state_dict", "Payload"): "a pickle that runs code, to show weights_only",
+    ("04_find_the_stray", "CausalAttentionWithoutBuffers"): _STRAYS,
+    ("04_find_the_stray", "Rotary"): _STRAYS,
+    ("04_find_the_stray", "Attention"): _STRAYS,
+    ("04_find_the_stray", "Block"): _STRAYS,
+    ("04_find_the_stray", "TinyGPT"): _STRAYS,
+    ("04_find_the_stray", "FixedRotary"): _PART.format("FixedTinyGPT"),
+    ("04_find_the_stray", "FixedAttention"): _PART.format("FixedTinyGPT"),
+    ("04_find_the_stray", "FixedBlock"): _PART.format("FixedTinyGPT"),
+    ("04_find_the_stray", "MaskedAttentionV1"): _EARLIER.format("MaskedAttentionV2"),
+    ("04_find_the_stray", "SpyLinear"): _INSTRUMENT,
+    ("06_dtypes_and_memory", "ComplexRotary"): (
+        "shows how torch casts a complex buffer: .to(bfloat16) keeps only its real "
+        "part, the page's point"
+    ),
+    ("06_dtypes_and_memory", "SquareTensors"): _INSTRUMENT,
+    ("08_llm_caches", "Rotary"): _PART.format("TinyGPT"),
+    ("08_llm_caches", "Attention"): _PART.format("TinyGPT"),
+    ("08_llm_caches", "Block"): _PART.format("TinyGPT"),
+    ("11_evolving_buffers", "EmbeddingV1"): _EARLIER.format("Embedding"),
+    ("11_evolving_buffers", "EmbeddingV2"): _EARLIER.format("Embedding"),
+    ("11_evolving_buffers", "SpyEmbedding"): _INSTRUMENT,
+    ("11_evolving_buffers", "Model"): _PART.format("Embedding (its wrapper)"),
+    ("12_meta_init", "RelativePositionBias"): _PART.format("Attention"),
+    ("13_compile_and_export", "RunningMeanWithGraph"): _BUG.format("RunningMean"),
+    ("13_compile_and_export", "RunningMeanWithGraphFloatCounter"): _BUG.format(
+        "RunningMean"
+    ),
+    ("13_compile_and_export", "RunningMeanReassigned"): (
+        "shown to compare reassignment with RunningMean's in-place update"
+    ),
+    ("13_compile_and_export", "RunningMeanIntCounter"): _BUG.format("RunningMean"),
+    ("13_compile_and_export", "WarmupScale"): _BUG.format("WarmupScaleInGraph"),
+    ("13_compile_and_export", "KeyCache"): (
+        "shows how Dynamo compiles a cache write; one sequence and inference only "
+        "by design, both refusals checked on the page"
+    ),
+    ("13_compile_and_export", "Everything"): (
+        "one tensor of each kind, a plain attribute among them, to show "
+        "torch.export's signature"
+    ),
+    ("14_averaged_models", "RangeScaled"): _BUG.format("RangeScaledFixed"),
+    ("16_functional_buffers", "StepCounter"): _BUG.format("FixedStepCounter"),
+    ("16_functional_buffers", "TiedTable"): (
+        "shows how torch treats it: to_empty() unties its two buffer names"
+    ),
+    ("17_checkpointing_and_batchnorm", "Probe"): _INSTRUMENT,
+    ("17_checkpointing_and_batchnorm", "CountCalls"): _INSTRUMENT,
+    ("17_checkpointing_and_batchnorm", "CopiedBack"): (
+        "the alternative the page shows to miss a replaced buffer"
+    ),
+    ("19_buffers_with_history", "PeakScaled"): _BUG.format("PeakScaledFixed"),
+    ("21_distributed_checkpoints", "ScalerV1"): _EARLIER.format("ScalerV2"),
+    ("21_distributed_checkpoints", "ScalerV2"): (
+        "the page's migration, instrumented: it records each call in the page's "
+        "list; Scaler holds its state"
+    ),
+}

@@ -5,11 +5,21 @@ The settings are ``copied_code.CHECKS``; the classes are ``copied_registry.REGIS
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 import pytest
-from copied_code import CHECKS, INDUCTOR_CHECKS, Copied, Ranked, check_ranks
-from copied_registry import RANKED, REGISTRY
+from copied_code import (
+    CHECKS,
+    EXAMPLES,
+    INDUCTOR_CHECKS,
+    STATE_CHECKS,
+    Copied,
+    Ranked,
+    Stateful,
+    check_ranks,
+)
+from copied_registry import NOT_OFFERED, RANKED, REGISTRY, STATEFUL
 
 RUNS = [(entry, check) for entry in REGISTRY for check in CHECKS] + [
     (entry, check) for entry in REGISTRY if entry.inductor for check in INDUCTOR_CHECKS
@@ -21,6 +31,43 @@ RUNS = [(entry, check) for entry in REGISTRY for check in CHECKS] + [
 )
 def test_copied_code(entry: Copied, check: str) -> None:
     {**CHECKS, **INDUCTOR_CHECKS}[check](entry)
+
+
+STATE_RUNS = [(entry, check) for entry in STATEFUL for check in STATE_CHECKS]
+
+
+@pytest.mark.parametrize(
+    ("entry", "check"),
+    STATE_RUNS,
+    ids=[f"{entry.id}-{check}" for entry, check in STATE_RUNS],
+)
+def test_copied_state(entry: Stateful, check: str) -> None:
+    STATE_CHECKS[check](entry)
+
+
+def chapter_classes() -> set[tuple[str, str]]:
+    """Every class defined at the top of a chapter: (chapter, class name)."""
+    found = set()
+    for path in sorted(EXAMPLES.glob("[0-9][0-9]_*.py")):
+        tree = ast.parse(path.read_text())
+        found |= {(path.stem, n.name) for n in tree.body if isinstance(n, ast.ClassDef)}
+    return found
+
+
+def test_every_chapter_class_is_checked_or_says_why_not() -> None:
+    checked = {
+        (entry.chapter, entry.name.partition("(")[0])
+        for entry in [*REGISTRY, *STATEFUL]
+    }
+    classes = chapter_classes()
+    unaccounted = sorted(classes - checked - set(NOT_OFFERED))
+    assert not unaccounted, (
+        f"chapter classes neither in the harness nor in NOT_OFFERED: {unaccounted}"
+    )
+    stale = sorted((set(NOT_OFFERED) | checked) - classes)
+    assert not stale, f"registered classes no chapter defines: {stale}"
+    both = sorted(checked & set(NOT_OFFERED))
+    assert not both, f"in the harness and in NOT_OFFERED: {both}"
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
