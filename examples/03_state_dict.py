@@ -187,6 +187,8 @@ assert all(t.device.type == "cpu" for t in saved.values()), (
     "claim: map_location='cpu' loads every tensor onto the CPU"
 )
 # weights_only=True stops a pickle from running code; without it, loading runs it.
+# The payload is this check's own, harmless (it sets a flag): weights_only=False
+# below loads it only to prove the claim, never a file from elsewhere.
 import builtins
 
 
@@ -198,7 +200,7 @@ class Payload:
 payload = io.BytesIO()
 torch.save({"weights": Payload()}, payload)
 refusals = []
-for load_arguments in ({"weights_only": True}, {}):
+for load_arguments in ({"weights_only": True}, {}):  # {}: torch's own default
     payload.seek(0)
     try:
         torch.load(payload, **load_arguments)
