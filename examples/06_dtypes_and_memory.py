@@ -299,7 +299,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class SquareTensors(TorchDispatchMode):
-    """Records the T x T tensors an operation makes (no output, no random numbers)."""
+    """Records the T x T boolean tensors (masks) an operation makes (no output, no
+    random numbers); the T x T attention scores are floats and do not count."""
 
     def __init__(self, length):
         super().__init__()
@@ -307,7 +308,8 @@ class SquareTensors(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and out.shape[-2:] == (self.length,) * 2:
+        square = isinstance(out, torch.Tensor) and out.shape[-2:] == (self.length,) * 2
+        if square and out.dtype == torch.bool:
             self.made.append(str(func))
         return out
 

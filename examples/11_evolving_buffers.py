@@ -487,10 +487,8 @@ assert v2_metadata["embed"] == v1_checkpoint._metadata["embed"] == {"version": 1
 # checkpoint_id=...)`` takes the state dict of the model you load into,
 # reads each of *its* keys from the checkpoint into its tensors in place, and,
 # given a state dict as here, calls neither ``load_state_dict`` nor a module's
-# ``_load_from_state_dict`` or hooks. (Given the module itself, DCP treats it as
-# ``Stateful``: it reads the module's *current* keys, then calls its
-# ``load_state_dict``; not run here.) So the v1 checkpoint, saved with DCP, does not load into the
-# migrating module. DCP runs without a process group too: it then works in a
+# ``_load_from_state_dict`` or hooks. So the v1 checkpoint, saved with DCP, does
+# not load into the migrating module. DCP runs without a process group too: it then works in a
 # single process (and warns that it assumes so; the page silences that
 # warning), which is how this page runs it. It raises a
 # ``CheckpointException``, a ``BaseException`` (``except Exception`` misses

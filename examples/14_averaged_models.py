@@ -548,9 +548,9 @@ assert swa_default.module[1].num_batches_tracked.item() == 1 < live_count, (
 # %%
 # The default average (``AveragedModel`` without ``multi_avg_fn``, the
 # running mean of SWA) breaks integer buffers too, in its own way: with
-# ``use_buffers=True`` its ``num_batches_tracked`` becomes a running mean of the
-# counts, truncated to an integer, and falls behind the live model's count;
-# updated after every batch, as here, it stays at the 1 it copied first. Copying the integer
+# ``use_buffers=True`` its ``num_batches_tracked`` does not follow the live
+# model's count: updated after every batch, as here, it stays at the 1 it
+# copied first. Copying the integer
 # buffers instead of averaging them, as ``ema_floats_copy_rest`` does, keeps
 # them equal to the live model's.
 #

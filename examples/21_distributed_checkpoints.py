@@ -6,9 +6,7 @@ Distributed checkpoints and buffers
 models spread over many processes: a state dict becomes a folder of files. It
 is not ``torch.save`` plus ``load_state_dict`` under another name:
 ``dcp.load`` fills the tensors of a state dict *you* give it, in place, and
-then calls no ``load_state_dict`` (given a module instead of a state dict, DCP
-treats it as ``Stateful`` and calls its ``load_state_dict`` after reading its
-*current* keys; not run here). That one fact decides which buffers travel,
+then calls no ``load_state_dict``. That one fact decides which buffers travel,
 what happens when the keys of the model and the checkpoint differ, and whether
 the load hooks of chapter 11 run. This chapter asks each question in
 one process, with no process group, and prints torch's answers.

@@ -22,12 +22,25 @@ DRIVER = Path(__file__).with_name("chapter_driver.py")
 RECORDED = ROOT / "docs" / "_build" / "recorded-runs"
 
 
+def recording(stem: str, folder: Path | None = None) -> Path:
+    """Where a clean CPU run of chapter ``stem`` on this torch is kept."""
+    import torch  # noqa: PLC0415 (the chapters' runs import it anyway)
+
+    return (folder or RECORDED) / f"torch-{torch.__version__}-cpu" / f"{stem}.txt"
+
+
+def forget_run(stem: str) -> None:
+    """Drop the recording of ``stem`` before it runs again: a run that fails
+    must not leave an earlier clean run standing for the same source."""
+    target = recording(stem)
+    target.unlink(missing_ok=True)
+    target.with_suffix(".sha256").unlink(missing_ok=True)
+
+
 def record_run(stem: str, output: str, folder: Path | None = None) -> Path:
     """Keep ``output``, a clean CPU run of chapter ``stem``, under
     ``RECORDED/torch-<torch.__version__>-cpu/<stem>.txt``; return that file."""
-    import torch  # noqa: PLC0415 (the chapters' runs import it anyway)
-
-    target = (folder or RECORDED) / f"torch-{torch.__version__}-cpu" / f"{stem}.txt"
+    target = recording(stem, folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     source = EXAMPLES / f"{stem}.py"
     # The source it ran: a recording of an edited chapter is stale, not "clean".
@@ -70,6 +83,7 @@ def run_chapter(tmp_path: Path):
     """Run ``examples/<stem>.py`` on the CPU in an empty folder; return a ChapterRun."""
 
     def run(stem: str, *expressions: str) -> ChapterRun:
+        forget_run(stem)
         env = {
             **os.environ,
             "GUIDE_DEVICE": "cpu",
