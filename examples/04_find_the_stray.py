@@ -136,9 +136,32 @@ show(pb.inventory(attention))
 
 # %%
 # :func:`pytorch_buffers.find_strays` keeps only the tensors that will not follow
-# the module, each with the change that fixes it:
+# the module, each with the change that fixes it. The library makes that change
+# on a ``meta`` copy of the module first (it costs no memory) and suggests it only
+# if torch's ``.to()`` then reaches the tensor and ``state_dict()`` saves it; the
+# last line of each entry says what torch did:
 
-show(pb.find_strays(attention))
+attention_strays = pb.find_strays(attention)
+show(attention_strays)
+
+# sphinx_gallery_start_ignore
+import copy
+
+(mask_stray,) = attention_strays
+assert mask_stray.confirmed, "claim: torch confirmed the fix on a meta copy"
+assert 'register_buffer("mask"' in mask_stray.fix, "claim: the fix registers the mask"
+# The same change made for real, on a copy of the module: .to() casts the mask
+# and state_dict() saves it.
+registered = copy.deepcopy(attention)
+del registered.mask
+registered.register_buffer("mask", attention.mask.clone())
+registered.to(torch.float64)
+assert registered.mask.dtype == torch.float64, "claim: .to() reaches the buffer"
+assert "mask" in registered.state_dict(), "claim: state_dict() saves it"
+assert type(attention) is CausalAttentionWithoutBuffers, "claim: nothing was changed"
+assert attention.mask.dtype == torch.float32, "claim: nothing was changed"
+del registered
+# sphinx_gallery_end_ignore
 
 # %%
 # A model with several strays
@@ -267,10 +290,19 @@ if target.type == "meta":
 # sphinx_gallery_end_ignore
 
 # %%
-# For the cache, the hint mentions ``nn.ParameterList``: that container is for
-# tensors the optimizer should train. A cache put there becomes parameters,
-# with ``requires_grad=True``, handed to every optimizer built from
+# For the cache, the hint says buffers, not ``nn.ParameterList``: that container
+# is for tensors the optimizer should train. A cache put there becomes
+# parameters, with ``requires_grad=True``, handed to every optimizer built from
 # ``model.parameters()``, and saved in every checkpoint:
+
+# sphinx_gallery_start_ignore
+# One entry per tensor: its first line is indented by two spaces, the rest by six.
+entries = str(device_error).replace("\n      ", " ").splitlines()
+(cache_hint,) = [entry for entry in entries if "attn.kv_cache[0]" in entry]
+assert "register each item as a buffer" in cache_hint, "claim: the hint says buffers"
+assert "ParameterList" not in cache_hint, "claim: the hint does not say ParameterList"
+assert "torch confirmed it on a meta copy" in cache_hint, "claim: torch confirmed it"
+# sphinx_gallery_end_ignore
 
 cache_as_parameters = nn.ParameterList([torch.zeros(1, 4, 16), torch.zeros(1, 4, 16)])
 print("requires_grad:", [p.requires_grad for p in cache_as_parameters])

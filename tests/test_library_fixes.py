@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
+import pytest
 import torch
 from torch import nn
 
@@ -92,3 +94,146 @@ def test_a_0_dim_cpu_stray_is_a_stray_marked_harmless():
     assert "harmless" not in strays["scale"].problem
     model = Holders().to("meta")
     assert (model.proj.weight @ model.proj.weight * model.step).device.type == "meta"
+
+
+class EveryStray(nn.Module):
+    """One stray of each kind, each with a fix that torch should confirm."""
+
+    table = torch.zeros(2)  # a tensor in the class body
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(3, 2)
+        self.child = nn.Module()
+        self.child.register_buffer("mask", torch.ones(2))
+        self.register_buffer("scale", torch.ones(2))
+        self.register_buffer("rotary", torch.ones(2), persistent=False)
+        self.attribute = torch.ones(2)
+        self.cache = [torch.zeros(1), torch.zeros(1)]
+        self.tables = {"cos": torch.ones(1)}
+        self.trained = [nn.Parameter(torch.zeros(1))]
+        self.experts = [nn.Linear(1, 1)]
+        self.heads = {"a": nn.Linear(1, 1)}
+        self.weight_t = self.proj.weight.t()
+        self.scale_again = self.scale
+        self.child_mask = self.child.mask
+
+
+def by_name(report: pb.StrayReport) -> dict[str, _strays.Stray]:
+    return {stray.record.name: stray for stray in report}
+
+
+def test_every_fix_is_made_on_a_meta_copy_before_it_is_suggested():
+    model = EveryStray()
+    strays = by_name(pb.find_strays(model, include_non_persistent=True))
+    expected = {
+        "table": ".to() reaches it, state_dict() saves it as 'table'",
+        "attribute": ".to() reaches it, state_dict() saves it as 'attribute'",
+        "cache[0]": ".to() reaches it, state_dict() saves it as 'cache_0'",
+        "cache[1]": ".to() reaches it, state_dict() saves it as 'cache_1'",
+        "tables['cos']": ".to() reaches it, state_dict() saves it as 'tables_cos'",
+        "trained[0]": ".to() reaches it, state_dict() saves it as 'trained.0'",
+        "experts[0].weight": ".to() reaches it, state_dict() saves it as 'experts.0.weight'",
+        "heads['a'].bias": ".to() reaches it, state_dict() saves it as 'heads.a.bias'",
+        "rotary": ".to() reaches it, state_dict() saves it as 'rotary'",
+        "weight_t": ".to() reaches the parameter and the property returns a view of it",
+        "scale_again": ".to() reaches the buffer and the property returns it",
+        "child_mask": ".to() reaches the buffer and the property returns it",
+    }
+    for name, checked in expected.items():
+        assert strays[name].confirmed, (name, strays[name].checked)
+        assert strays[name].checked == checked, name
+    assert "while the class has the name, torch refuses" in flat(strays["table"].fix)
+    assert "nn.ParameterList([...])" in strays["trained[0]"].fix
+    assert "self.experts = nn.ModuleList([...])" in strays["experts[0].weight"].fix
+    assert "self.heads = nn.ModuleDict({...})" in strays["heads['a'].bias"].fix
+    assert "return self.proj.weight.t()" in flat(strays["weight_t"].fix)
+    assert "return self.scale" in flat(strays["scale_again"].fix)
+    assert "return self.child.mask" in flat(strays["child_mask"].fix)
+    text = flat(pb.find_strays(model))
+    assert text.count("checked on a meta copy:") == len(pb.find_strays(model))
+
+
+def test_checking_the_fixes_leaves_the_module_as_it_was():
+    model, moved = EveryStray(), EveryStray().to("meta")
+    for module, check in (
+        (model, lambda: pb.find_strays(model, include_non_persistent=True)),
+        (moved, lambda: pb.check_devices(moved, "meta")),
+    ):
+        attributes = dict(vars(module))
+        saved = {name: id(t) for name, t in module.state_dict(keep_vars=True).items()}
+        with contextlib.suppress(pb.DeviceMismatchError):
+            check()
+        assert type(module) is EveryStray
+        assert vars(module) == attributes
+        assert {n: id(t) for n, t in module.state_dict(keep_vars=True).items()} == saved
+        assert "rotary" in module._non_persistent_buffers_set
+    assert "table" in vars(EveryStray)
+    assert model.scale_again is model.scale  # a property was added to no class
+
+
+def test_a_fix_torch_refuses_is_not_suggested():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts = [nn.Linear(1, 1), torch.ones(1)]  # ModuleList refuses a tensor
+            self.nested = [[torch.ones(1)]]
+
+    strays = by_name(pb.find_strays(Mixed()))
+    refused = strays["parts[0].weight"]
+    assert not refused.confirmed
+    assert refused.fix == ""
+    assert "is not a Module subclass" in refused.checked
+    assert "fix: none that torch confirmed" in flat(refused)
+    assert not strays["nested[0][0]"].confirmed
+    assert strays["parts[1]"].confirmed  # the tensor beside it can be a buffer
+
+
+def test_a_buffer_outside_the_module_gets_no_property():
+    model = nn.Module()
+    model.register_buffer("mask", torch.ones(2))
+    model.child = nn.Module()
+    model.child.mask_ref = model.mask  # the child cannot read its parent's buffer
+    (stray,) = pb.find_strays(model)
+    assert not stray.confirmed
+    assert (
+        stray.checked == "the buffer is not inside the module that holds the reference"
+    )
+
+
+def test_a_fix_that_does_not_register_is_caught(monkeypatch):
+    # If register_buffer left a plain attribute, torch's .to() would not reach it:
+    # the check must see that, not trust the fix.
+    def plain(self, name, tensor, persistent=True):  # noqa: ARG001  (register_buffer's signature)
+        object.__setattr__(self, name, tensor)
+
+    monkeypatch.setattr(nn.Module, "register_buffer", plain)
+    (stray,) = [s for s in pb.find_strays(Holders()) if s.record.name == "scale"]
+    assert not stray.confirmed
+    assert stray.checked == "the copy no longer holds the tensor"
+
+
+def test_a_module_that_cannot_be_copied_gets_no_fix():
+    class Uncopyable:
+        def __deepcopy__(self, memo):
+            msg = "no copies"
+            raise RuntimeError(msg)
+
+    model = nn.Module()
+    model.handle = Uncopyable()
+    model.mask = torch.ones(2)
+    (stray,) = pb.find_strays(model)
+    assert not stray.confirmed
+    assert "not checked: cannot make a meta copy" in stray.checked
+    with pytest.raises(pb.DeviceMismatchError, match="no fix that torch confirmed"):
+        pb.check_devices(model.to("meta"), "meta")
+
+
+def test_check_devices_suggests_only_confirmed_fixes():
+    model = EveryStray().to("meta")
+    with pytest.raises(pb.DeviceMismatchError) as caught:
+        pb.check_devices(model, "meta")
+    message = flat(caught.value)
+    assert "attribute (plain attribute) is on cpu" in message
+    assert message.count("(torch confirmed it on a meta copy)") >= 8
+    assert "no fix that torch confirmed" not in message

@@ -236,4 +236,5 @@ def test_many_strays_print_grouped():
     lines = report.to_text(width=10_000).splitlines()
     assert lines[0] == "200 strays in 2 groups:"
     assert lines[1].startswith("*.mask (x100), e.g. 0.mask: plain tensor attribute")
-    assert len(lines) == 5
+    assert len(lines) == 7  # a header, then per group: problem, fix, what torch did
+    assert lines[3].startswith("    checked on a meta copy: .to() reaches it")

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._fixes import FixChecker
 from ._inventory import TensorKind, TensorRecord, inventory
 from ._meta import torch_answers
 from ._module import as_device, as_module, device_matches, device_missing
+from ._strays import _fix as stray_fix
 from ._text import fit, pattern
 
 # At most this many lines of misplaced tensors (grouped by layer stack).
@@ -35,39 +37,57 @@ def _torch_says() -> tuple[bool, str]:
     return answers.scalar_mixes, answers.no_data
 
 
-def _how_to_fix(record: TensorRecord, expected: torch.device) -> str:
-    kind, attribute = record.kind, record.attribute
-    if record.device.type == "meta" and expected.type != "meta":
-        no_data = _torch_says()[1] or "it holds no data"
-        register = (
-            ""
-            if kind.moved_by_to
-            else f'register it (self.register_buffer("{attribute}", ...)), then '
-        )
-        return (
-            f"it holds no data, so .to() cannot move it ({no_data}); {register}"
-            f"model.to_empty(device={str(expected)!r}) and initialise it again, or "
-            "load it with load_state_dict(checkpoint, assign=True)"
-        )
-    if kind is TensorKind.UNREGISTERED_MODULE:
-        fix = "hold the module in nn.ModuleList/ModuleDict so .to() moves it"
-    elif kind is TensorKind.ATTRIBUTE:
-        fix = f'register it: self.register_buffer("{attribute}", ...) so .to() moves it'
-    elif kind is TensorKind.CONTAINER_ITEM:
-        fix = (
-            "register each item as a buffer (self.register_buffer(...), "
-            "persistent=False for caches); .to() does not look inside containers"
-        )
-        if record.requires_grad:
-            fix += "; a trainable one goes in nn.ParameterList"
-    else:
-        fix = f"call model.to({str(expected)!r}) after creating or loading it"
-    if not record.shape and record.device.type == "cpu" and _torch_says()[0]:
-        fix += (
-            "; harmless to the forward pass: torch accepts a 0-dim CPU tensor beside "
-            "tensors on another device (asked on meta)"
-        )
-    return fix
+def _meta_fix(record: TensorRecord, expected: torch.device) -> str:
+    """For a tensor on ``meta``: it holds no data, so no ``.to()`` can move it."""
+    no_data = _torch_says()[1] or "it holds no data"
+    register = (
+        ""
+        if record.kind.moved_by_to
+        else f'register it (self.register_buffer("{record.attribute}", ...)), then '
+    )
+    return (
+        f"fix: it holds no data, so .to() cannot move it ({no_data}); {register}"
+        f"model.to_empty(device={str(expected)!r}) and initialise it again, or "
+        "load it with load_state_dict(checkpoint, assign=True)"
+    )
+
+
+def _fixes(
+    root: nn.Module, misplaced: list[TensorRecord], expected: torch.device
+) -> dict[int, str]:
+    """Each misplaced tensor's fix, made on a meta copy of ``root`` first: only a
+    fix torch confirmed there is suggested."""
+    checker = FixChecker(root)
+    planned: dict[int, str] = {}
+    for record in misplaced:
+        if record.device.type == "meta" and expected.type != "meta":
+            continue
+        if record.moved_by_to:
+            checker.plan_move(record)
+            planned[record.tensor_id] = (
+                f"call model.to({str(expected)!r}) after creating or loading it"
+            )
+        else:
+            planned[record.tensor_id] = checker.plan(record, stray_fix(record)[1])
+    fixes = {}
+    for record in misplaced:
+        if record.tensor_id not in planned:
+            fixes[record.tensor_id] = _meta_fix(record, expected)
+            continue
+        verdict = checker.result(record.tensor_id)
+        if verdict.ok:
+            fix = (
+                f"fix (torch confirmed it on a meta copy): {planned[record.tensor_id]}"
+            )
+        else:
+            fix = f"no fix that torch confirmed on a meta copy ({verdict.said})"
+        if not record.shape and record.device.type == "cpu" and _torch_says()[0]:
+            fix += (
+                "; harmless to the forward pass: torch accepts a 0-dim CPU tensor "
+                "beside tensors on another device (asked on meta)"
+            )
+        fixes[record.tensor_id] = fix
+    return fixes
 
 
 def check_devices(module: nn.Module, device: Any = None) -> torch.device:
@@ -81,10 +101,13 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     and ``cuda:1`` are reported, against the index that holds most parameters. Plain
     tensor attributes and tensors in list/dict attributes are checked too; they
     are the ones ``.to()`` leaves behind. The message names each misplaced
-    tensor, where it is, where it should be, and the fix (a tensor on ``meta``
-    holds no data: ``to_empty()`` plus initialisation, or ``assign=True``; a
-    0-dim CPU tensor is marked harmless to the forward pass, as torch accepts it
-    beside tensors elsewhere); beyond 20 tensors, one line per layer stack
+    tensor, where it is, where it should be, and the fix: those of
+    :func:`find_strays`, or ``model.to(device)`` for a registered tensor, each
+    made first on a ``meta`` copy of the module and suggested only where
+    ``.to()`` then reaches the tensor. A tensor on ``meta`` holds no data:
+    ``to_empty()`` plus initialisation, or ``assign=True``. A 0-dim CPU tensor
+    is marked harmless to the forward pass, as torch accepts it beside tensors
+    elsewhere. Beyond 20 tensors, one line per layer stack
     (``layers.*.attn.mask (x80)``), at most 20 lines. Nothing in the module is
     changed.
 
@@ -141,8 +164,9 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     # One line per tensor while that stays short; else one per layer stack.
     grouped = len(misplaced) > MAX_LINES
     groups: dict[tuple[str, ...], list[TensorRecord]] = {}
+    fixes = _fixes(root, misplaced, expected)
     for r in misplaced:
-        fix = _how_to_fix(r, expected)
+        fix = fixes[r.tensor_id]
         name = pattern(r.name) if grouped else r.name
         groups.setdefault((name, r.kind.value, str(r.device), fix), []).append(r)
     lines = [header]
@@ -150,7 +174,7 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
         name = ", ".join(members[0].names) if len(members) == 1 else name_pattern
         count = f" (x{len(members)})" if len(members) > 1 else ""
         lines.append(
-            f"  {name}{count} ({kind}) is on {where}, expected {expected}; fix: {fix}"
+            f"  {name}{count} ({kind}) is on {where}, expected {expected}; {fix}"
         )
     if len(lines) > MAX_LINES + 1:
         more = len(lines) - 1 - MAX_LINES

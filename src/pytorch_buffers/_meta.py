@@ -55,17 +55,18 @@ class _CopyOnMeta(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def meta_copy(module: nn.Module) -> nn.Module:
+def meta_copy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
     """A deep copy of ``module`` whose tensors are all on ``meta``: parameters and
     buffers, plain tensor attributes, tensors in containers and other objects.
 
     The copy holds no tensor data, shares nothing with ``module``, and keeps ties
-    (a tensor reached under two names is one tensor in the copy too).
+    (a tensor reached under two names is one tensor in the copy too). Pass an
+    empty ``memo`` to learn each object's copy: ``memo[id(original)]``.
 
     Raises:
         ValueError: if the module cannot be deep-copied.
     """
-    memo: dict[int, Any] = {}
+    memo = {} if memo is None else memo
     for tensor in (*module.parameters(), *module.buffers()):
         if id(tensor) not in memo:
             twin = _meta_twin(tensor)
@@ -309,6 +310,9 @@ class TorchAnswers:
     #: A buffer registered as a view of a parameter still shares its memory
     #: after ``module.to(float64)``.
     view_buffer_follows: bool
+    #: A buffer registered with ``persistent=False`` is cast by ``module.to()``
+    #: and left out of ``state_dict()``.
+    non_persistent_moved_not_saved: bool = False
 
 
 @functools.cache
@@ -332,4 +336,11 @@ def torch_answers() -> TorchAnswers:
     follows = view.untyped_storage().data_ptr() == (
         probe.weight.untyped_storage().data_ptr()
     )
-    return TorchAnswers(scalar_mixes, no_data, follows)
+    cache = nn.Module()
+    cache.register_buffer("table", torch.zeros(1), persistent=False)
+    cache.to(torch.float64)
+    non_persistent = (
+        cache.get_buffer("table").dtype == torch.float64
+        and "table" not in cache.state_dict()
+    )
+    return TorchAnswers(scalar_mixes, no_data, follows, non_persistent)

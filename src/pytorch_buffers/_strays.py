@@ -8,6 +8,7 @@ from typing import Self
 
 from torch import nn
 
+from ._fixes import checked_fixes
 from ._inventory import TensorKind, TensorRecord, inventory
 from ._text import WIDTH, fit, pattern, render_html, render_text
 
@@ -19,14 +20,25 @@ from ._module import as_module
 
 @dataclass(frozen=True)
 class Stray:
-    """A tensor that will not follow the module, and the one-line change that fixes it."""
+    """A tensor that will not follow the module, and the one-line change that fixes it.
+
+    ``checked`` is what torch did when the change was made to a meta copy of the
+    module. When torch did not confirm it, ``confirmed`` is False, ``fix`` is
+    empty (no change is suggested) and ``checked`` says what torch did instead.
+    """
 
     record: TensorRecord
     problem: str
     fix: str
+    checked: str = ""
+    confirmed: bool = True
+
+    def _fix_lines(self) -> str:
+        fix = self.fix if self.confirmed else "none that torch confirmed"
+        return f"    fix: {fix}\n    checked on a meta copy: {self.checked}"
 
     def __str__(self) -> str:
-        return f"{', '.join(self.record.names)}: {self.problem}\n    fix: {self.fix}"
+        return f"{', '.join(self.record.names)}: {self.problem}\n{self._fix_lines()}"
 
 
 def _owner(record: TensorRecord) -> str:
@@ -87,12 +99,15 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
                 f"a module held in the plain attribute {attribute!r} of {where}: .to() "
                 "and state_dict() skip it and all its tensors"
             ),
-            (
-                "hold submodules in nn.ModuleList / nn.ModuleDict (or assign each to an "
-                "attribute of the module) so they are registered"
-            ),
+            "hold the modules in nn.ModuleList or nn.ModuleDict so they are registered",
         )
     if record.kind is TensorKind.ATTRIBUTE:
+        non_persistent = (
+            "; add persistent=False if it is rebuilt, not learned, and should stay out "
+            "of checkpoints (torch, on a probe: still moved, then not saved)"
+            if torch_answers().non_persistent_moved_not_saved
+            else ""
+        )
         return (
             (
                 f"plain tensor attribute of {where}: .to() leaves it on {record.device}, "
@@ -100,25 +115,28 @@ def _fix(record: TensorRecord) -> tuple[str, str]:
             ),
             (
                 f'self.register_buffer("{attribute}", tensor) in __init__ instead of '
-                f"self.{attribute} = tensor; add persistent=False if it is rebuilt, "
-                "not learned, and should stay out of checkpoints"
+                f"self.{attribute} = tensor" + non_persistent
             ),
         )
     if record.kind is TensorKind.CONTAINER_ITEM:
+        caches = (
+            ", persistent=False for caches"
+            if torch_answers().non_persistent_moved_not_saved
+            else ""
+        )
+        fix = (
+            "hold the tensors to train in nn.ParameterList or nn.ParameterDict"
+            if record.requires_grad
+            else "register each item as a buffer "
+            f'(self.register_buffer(f"{attribute}_{{index}}", t){caches}) and read '
+            "them by those names"
+        )
         return (
             (
                 f"tensor inside the list/dict attribute {attribute!r} of {where}: .to() and "
                 "state_dict() do not look inside containers"
             ),
-            (
-                f'register each item as a buffer (self.register_buffer(f"{attribute}_{{index}}", t), '
-                "persistent=False for caches)"
-                + (
-                    "; a tensor to train goes in nn.ParameterList / nn.ParameterDict"
-                    if record.requires_grad
-                    else ""
-                )
-            ),
+            fix,
         )
     return (
         f"non-persistent buffer of {where}: moved by .to() but not saved by state_dict()",
@@ -174,7 +192,7 @@ class StrayReport(tuple[Stray, ...]):
             first = members[0]
             lines.append(
                 f"{name} (x{len(members)}), e.g. {first.record.name}: {first.problem}"
-                f"\n    fix: {first.fix}"
+                f"\n{first._fix_lines()}"
             )
         if len(groups) > _MAX_LINES:
             lines.append(f"... and {len(groups) - _MAX_LINES} more groups")
@@ -183,8 +201,16 @@ class StrayReport(tuple[Stray, ...]):
     def _repr_html_(self) -> str:
         if not self:
             return f"<p>{self}</p>"
-        rows = [(", ".join(s.record.names), s.problem, s.fix) for s in self]
-        return render_html(("tensor", "problem", "fix"), rows)
+        rows = [
+            (
+                ", ".join(s.record.names),
+                s.problem,
+                s.fix if s.confirmed else "none that torch confirmed",
+                s.checked,
+            )
+            for s in self
+        ]
+        return render_html(("tensor", "problem", "fix", "checked on a meta copy"), rows)
 
     def as_text_table(self) -> str:
         """The strays as a fixed-width table (name, kind, device)."""
@@ -207,14 +233,23 @@ def find_strays(
     place; torch is asked on a probe module), nor is an attribute the old
     ``weight_norm`` rebuilds before each forward. Wrappers (``torch.compile``,
     ``DataParallel``, ``DistributedDataParallel``) are looked through. Non-persistent buffers are moved but deliberately not saved;
-    pass ``include_non_persistent=True`` to list them too. Each stray comes with a
-    one-line fix that torch confirms: a view of a parameter gets a property
-    (a registered view goes stale after ``.to()``, asked on a probe);
-    ``nn.ParameterList`` is named only for tensors that require grad; a 0-dim
-    CPU tensor stays a stray but is marked harmless to the forward pass (torch
-    combines it with tensors on other devices, asked on ``meta``). Printed,
-    the report wraps at 100 columns (``to_text(width)``). Nothing in the
-    module is changed.
+    pass ``include_non_persistent=True`` to list them too.
+
+    Each stray comes with a one-line fix, and the fix is made first on one
+    ``meta`` copy of the module (no memory): the tensor registered as a buffer
+    (moved out of the class body, if it is defined there), a container's items
+    registered one by one, its modules held in ``nn.ModuleList``/``ModuleDict``,
+    its tensors that require grad in ``nn.ParameterList``/``ParameterDict``, a
+    view of a parameter or a second reference to a buffer replaced by a
+    property. Then ``.to()`` runs once on the copy, and ``state_dict()`` is read:
+    a fix is suggested only if ``.to()`` then reaches the tensor and
+    ``state_dict()`` saves it (``Stray.checked`` says what torch did). When torch
+    refuses a fix (``nn.ModuleList`` of a list that also holds a tensor), or the
+    module cannot be copied, ``Stray.confirmed`` is False and no fix is
+    suggested. A registered view goes stale after ``.to()``, and a 0-dim CPU
+    tensor is harmless to the forward pass (torch combines it with tensors
+    elsewhere); both are asked of torch on probes. Printed, the report wraps at
+    100 columns (``to_text(width)``). Nothing in the module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or the flag is not a bool.
@@ -233,13 +268,29 @@ def find_strays(
     }
     if include_non_persistent:
         kinds.add(TensorKind.NON_PERSISTENT_BUFFER)
-    strays = []
     records = inventory(root)
-    for record in records:
-        if record.kind not in kinds or record.rebuilt_by_hook:
-            continue
-        if record.alias_of and record.moved_by_to:
-            continue  # a second name for a parameter that .to() updates in place
-        problem, fix = _fix(record)
-        strays.append(Stray(record=record, problem=problem, fix=fix))
+    found = [
+        record
+        for record in records
+        if record.kind in kinds
+        and not record.rebuilt_by_hook
+        # a second name for a parameter that .to() updates in place is no stray
+        and not (record.alias_of and record.moved_by_to)
+    ]
+    if not found:
+        return StrayReport((), notes=records.notes)
+    problems = {record.tensor_id: _fix(record) for record in found}
+    checked = checked_fixes(root, found, lambda record: problems[record.tensor_id][1])
+    strays = []
+    for record in found:
+        fix, verdict = checked[record.tensor_id]
+        strays.append(
+            Stray(
+                record,
+                problems[record.tensor_id][0],
+                fix if verdict.ok else "",
+                checked=verdict.said,
+                confirmed=verdict.ok,
+            )
+        )
     return StrayReport(strays, notes=records.notes)
