@@ -140,6 +140,19 @@ def test_assign_names_the_dtype_change_and_the_broken_tie_as_torch_does():
         "take the checkpoint's dtype (e.g. float16 where the module has float32" in text
     )
     assert "assign=True breaks a tie: embed.weight, head.weight" in text
+    # The fixes the report offers, each confirmed by torch: a cast back, and a
+    # load without assign (Tied has no tie_weights(), so none is offered).
+    assert (
+        "model.to(torch.float32) after loading gives every tensor its dtype back"
+        in text
+    )
+    assert "loading without assign keeps the module's dtypes" in text
+    assert "loading without assign keeps the tie" in text
+    assert "tie_weights" not in text
+    cast_back = Tied()
+    cast_back.load_state_dict(copy.deepcopy(saved), assign=True)
+    cast_back.to(torch.float32)
+    assert all(t.dtype == torch.float32 for t in cast_back.state_dict().values())
     # Without assign, torch casts into the module's tensors and keeps the tie.
     plain = pb.explain_state_dict(Tied(), saved)
     assert "dtype" not in str(plain)
@@ -148,6 +161,41 @@ def test_assign_names_the_dtype_change_and_the_broken_tie_as_torch_does():
     target.load_state_dict(saved)
     assert target.embed.weight.dtype == torch.float32
     assert target.head.weight is target.embed.weight
+
+
+class TiedWithMethod(Tied):
+    def tie_weights(self) -> None:
+        self.head.weight = self.embed.weight
+
+
+class MixedDtypes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2, 2).half()
+        self.norm = nn.LayerNorm(2)  # float32 beside a float16 layer
+
+
+def test_assign_fixes_are_offered_only_as_torch_confirms_them():
+    saved = TiedWithMethod().half().state_dict()
+    text = " ".join(
+        str(pb.explain_state_dict(TiedWithMethod(), saved, assign=True)).split()
+    )
+    assert "model.tie_weights() after loading ties them again" in text
+    retied = TiedWithMethod()
+    retied.load_state_dict(copy.deepcopy(saved), assign=True)
+    retied.tie_weights()
+    assert retied.head.weight is retied.embed.weight
+    # One cast cannot give a float16 layer and a float32 norm their dtypes back.
+    mixed = {k: v.to(torch.bfloat16) for k, v in MixedDtypes().state_dict().items()}
+    text = " ".join(
+        str(pb.explain_state_dict(MixedDtypes(), mixed, assign=True)).split()
+    )
+    assert "gives every tensor its dtype back" not in text
+    assert "would leave 2 tensor(s) with another dtype than the module's" in text
+    cast = MixedDtypes()
+    cast.load_state_dict(copy.deepcopy(mixed), assign=True)
+    cast.to(torch.float16)
+    assert cast.norm.weight.dtype != MixedDtypes().norm.weight.dtype
 
 
 def test_meta_tensors_are_fixed_by_to_empty_or_assign_never_to():

@@ -27,7 +27,7 @@ from ._keys import (
     shape_advice,
     unexpected_row,
 )
-from ._meta import LoadAttempt, MetaLoader, reshaped_attempt
+from ._meta import LoadAttempt, MetaLoader, after_assign, reshaped_attempt
 from ._module import as_module
 from ._text import WIDTH, fit, pattern, render_text
 
@@ -275,26 +275,42 @@ class StateDictReport(tuple[KeyReport, ...]):
         return [head, *(f"  {name}" for name in names)]
 
     def _assign_lines(self) -> list[str]:
+        """What ``assign=True`` changes, then the fixes torch confirmed on a meta copy."""
         lines = []
         changes: Sequence[tuple[str, torch.dtype, torch.dtype]] = self._details.get(
             "dtype_changes", ()
         )
+        keeps = self._details.get("without_assign", False)
         if changes:
             kinds = Counter((str(a), str(b)) for _, a, b in changes)
             (before, after), _ = kinds.most_common(1)[0]
             names = _capped([name for name, _, _ in changes], 5)
+            fixes = (
+                ["loading without assign keeps the module's dtypes"] if keeps else []
+            )
+            if "cast_back" in self._details:
+                dtype, still = self._details["cast_back"]
+                fixes.append(
+                    f"model.to({dtype}) after loading gives every tensor its dtype back"
+                    if not still
+                    else f"model.to({dtype}) after loading would leave {len(still)} "
+                    f"tensor(s) with another dtype than the module's: "
+                    + ", ".join(_capped(still, 3))
+                )
             lines.append(
                 f"assign=True: {len(changes)} tensor(s) take the checkpoint's dtype "
                 f"(e.g. {after.removeprefix('torch.')} where the module has "
-                f"{before.removeprefix('torch.')}; torch did it on a meta copy); cast "
-                "the model back after loading (model.to(dtype)) or load without "
-                f"assign: {', '.join(names)}"
+                f"{before.removeprefix('torch.')}; torch did it on a meta copy): "
+                + ", ".join(names)
+                + _confirmed(fixes)
             )
         for group in self._details.get("broken_ties", ()):
+            fixes = ["loading without assign keeps the tie"] if keeps else []
+            if self._details.get("tie_weights"):
+                fixes.append("model.tie_weights() after loading ties them again")
             lines.append(
                 f"assign=True breaks a tie: {', '.join(group)} were one tensor and are "
-                "two after the load (torch did it on a meta copy); tie them again "
-                "(e.g. model.tie_weights() in transformers)"
+                "two after the load (torch did it on a meta copy)" + _confirmed(fixes)
             )
         return lines
 
@@ -382,6 +398,11 @@ class StateDictReport(tuple[KeyReport, ...]):
         return f'<pre class="pytorch-buffers">{text}</pre>'
 
 
+def _confirmed(fixes: Sequence[str]) -> str:
+    """The fixes torch confirmed on a meta copy, as the end of a report line."""
+    return f". Torch, on a meta copy: {'; '.join(fixes)}" if fixes else ""
+
+
 def _capped(names: Sequence[str], limit: int) -> list[str]:
     """Names grouped by pattern (one line per layer stack), at most ``limit`` lines."""
     groups: dict[str, list[str]] = {}
@@ -467,6 +488,44 @@ def explain_state_dict(
         tensors = sum(isinstance(value, torch.Tensor) for value in loaded.values())
         report._details["found_at"] = (where, tensors)
     return report
+
+
+def _assign_fixes(
+    root: nn.Module, loaded: Mapping[str, Any], first: LoadAttempt, loader: MetaLoader
+) -> dict[str, Any]:
+    """The fixes for what ``assign=True`` changed, each done on a meta copy: the
+    load without ``assign``, a cast back, the module's own ``tie_weights()``."""
+    fixes: dict[str, Any] = {}
+    plain = loader.attempt(loaded, assign=False)
+    fixes["without_assign"] = (
+        not plain.dtype_changes
+        and not plain.broken_ties
+        and (plain.non_strict_error is None) == (first.non_strict_error is None)
+    )
+    expected = root.state_dict(keep_vars=True)
+    if first.dtype_changes:
+        counts = Counter(before for _, before, _ in first.dtype_changes)
+        dtype = counts.most_common(1)[0][0]
+        after = after_assign(root, loaded, lambda twin: twin.to(dtype))
+        if after is not None:
+            fixes["cast_back"] = (
+                dtype,
+                tuple(
+                    name
+                    for name, value in expected.items()
+                    if isinstance(value, torch.Tensor)
+                    and name in after
+                    and after[name].dtype != value.dtype
+                ),
+            )
+    tie_weights = getattr(root, "tie_weights", None)
+    if first.broken_ties and callable(tie_weights):
+        after = after_assign(root, loaded, lambda twin: twin.tie_weights())  # type: ignore[operator]
+        fixes["tie_weights"] = after is not None and all(
+            len({id(after.get(name)) for name in group}) == 1
+            for group in first.broken_ties
+        )
+    return fixes
 
 
 def _explain(
@@ -614,6 +673,8 @@ def _explain(
 
     details["dtype_changes"] = first.dtype_changes
     details["broken_ties"] = first.broken_ties
+    if first.dtype_changes or first.broken_ties:
+        details.update(_assign_fixes(root, loaded, first, loader))
     non_persistent = (
         [(r.names, r.device) for r in records.of_kind(TensorKind.NON_PERSISTENT_BUFFER)]
         if records is not None

@@ -163,8 +163,7 @@ def shape_advice(
     if isinstance(owner, nn.Embedding):
         return (
             f"{sizes}: a vocabulary of another size; build the model with the "
-            "checkpoint's size, load, then resize (resize_token_embeddings in "
-            "transformers)"
+            "checkpoint's vocabulary size to load it"
         )
     last = path.rpartition(".")[2]
     if isinstance(owner, nn.Linear) and any(part in last for part in _HEAD_NAMES):

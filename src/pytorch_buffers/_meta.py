@@ -202,6 +202,25 @@ class MetaLoader:
         return result
 
 
+def after_assign(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    then: Callable[[nn.Module], object],
+) -> dict[str, torch.Tensor] | None:
+    """Load ``state_dict`` with ``assign=True`` into a meta copy, call ``then`` on
+    the copy (a suggested fix), and return its ``state_dict(keep_vars=True)``;
+    None when the load or the fix raises."""
+    twin = copy_for_loading(module)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
+        try:
+            twin.load_state_dict(own_copy(state_dict), strict=False, assign=True)
+            then(twin)
+        except Exception:  # noqa: BLE001  (a module's hooks or method may raise anything)
+            return None
+    return twin.state_dict(keep_vars=True)
+
+
 def reshaped_attempt(
     module: nn.Module,
     state_dict: Mapping[str, Any],
