@@ -511,7 +511,8 @@ assert spy.weight.device.type == "cpu", "claim: the model itself stays where it 
 #   (attributes and containers included), with kind, device, and whether
 #   ``.to()`` and ``state_dict()`` handle them.
 # - ``pb.find_strays(model)`` names the tensors that will not follow the module,
-#   each with its one-line fix; ``pb.check_devices(model, device)`` after
+#   each with a one-line fix that torch confirmed on a ``meta`` copy of the
+#   model; ``pb.check_devices(model, device)`` after
 #   ``.to(device)`` names, before the first forward pass, every tensor it finds
 #   left on another device.
 # - ``pb.explain_state_dict(model, path)`` lets torch load the checkpoint into a

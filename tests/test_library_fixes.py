@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -127,7 +128,10 @@ def test_every_fix_is_made_on_a_meta_copy_before_it_is_suggested():
     model = EveryStray()
     strays = by_name(pb.find_strays(model, include_non_persistent=True))
     expected = {
-        "table": ".to() reaches it, state_dict() saves it as 'table'",
+        "table": (
+            "register_buffer refuses it; registered by a module without the class "
+            "attribute, .to() reaches it and state_dict() saves it as 'table'"
+        ),
         "attribute": ".to() reaches it, state_dict() saves it as 'attribute'",
         "cache[0]": ".to() reaches it, state_dict() saves it as 'cache_0'",
         "cache[1]": ".to() reaches it, state_dict() saves it as 'cache_1'",
@@ -136,9 +140,15 @@ def test_every_fix_is_made_on_a_meta_copy_before_it_is_suggested():
         "experts[0].weight": ".to() reaches it, state_dict() saves it as 'experts.0.weight'",
         "heads['a'].bias": ".to() reaches it, state_dict() saves it as 'heads.a.bias'",
         "rotary": ".to() reaches it, state_dict() saves it as 'rotary'",
-        "weight_t": ".to() reaches the parameter and the property returns a view of it",
-        "scale_again": ".to() reaches the buffer and the property returns it",
-        "child_mask": ".to() reaches the buffer and the property returns it",
+        "weight_t": ".to() reaches the parameter and the property returns its view",
+        "scale_again": (
+            ".to() gives the module a new tensor, which the property returns; the "
+            "plain attribute keeps the old one"
+        ),
+        "child_mask": (
+            ".to() gives the module a new tensor, which the property returns; the "
+            "plain attribute keeps the old one"
+        ),
     }
     for name, checked in expected.items():
         assert strays[name].confirmed, (name, strays[name].checked)
@@ -224,7 +234,10 @@ def test_a_module_that_cannot_be_copied_gets_no_fix():
     model.mask = torch.ones(2)
     (stray,) = pb.find_strays(model)
     assert not stray.confirmed
-    assert "not checked: cannot make a meta copy" in stray.checked
+    assert (
+        stray.checked
+        == "not checked: no meta copy could be made (RuntimeError: no copies)"
+    )
     with pytest.raises(pb.DeviceMismatchError, match="no fix that torch confirmed"):
         pb.check_devices(model.to("meta"), "meta")
 
@@ -237,3 +250,152 @@ def test_check_devices_suggests_only_confirmed_fixes():
     assert "attribute (plain attribute) is on cpu" in message
     assert message.count("(torch confirmed it on a meta copy)") >= 8
     assert "no fix that torch confirmed" not in message
+
+
+class SharedEncoder(nn.Module):
+    """Shared between copies: its deepcopy returns the object itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(2))
+        self.mask = torch.ones(2)
+        self.experts = [nn.Linear(1, 1)]
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SharedEncoder:
+        return self
+
+
+def test_a_copy_that_shares_the_models_parts_is_refused_not_changed():
+    model = nn.Sequential(SharedEncoder(), nn.Linear(2, 2))
+    encoder = model[0]
+    (mask, *_) = pb.find_strays(model)
+    assert not mask.confirmed
+    assert "deepcopy returned the model's own '0'" in mask.checked
+    with pytest.raises(ValueError, match="deepcopy returned the model's own"):
+        pb.explain_state_dict(model, model.state_dict())
+    assert type(encoder) is SharedEncoder
+    assert list(encoder._buffers) == ["scale"]
+    assert encoder.scale.device.type == "cpu"
+    assert isinstance(encoder.experts, list)
+
+
+def test_no_class_is_made_or_changed_to_check_a_fix():
+    registry: dict[str, type] = {}
+
+    class Registered(nn.Module):
+        table = torch.zeros(2)
+
+        def __init_subclass__(cls, **kwargs: object) -> None:
+            super().__init_subclass__(**kwargs)
+            if cls.__name__ in registry:
+                msg = f"{cls.__name__} already registered"
+                raise ValueError(msg)
+            registry[cls.__name__] = cls
+
+    class Block(Registered):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(3, 2)
+            self.proj_t = self.proj.weight.t()
+            self.register_buffer("scale", torch.ones(2))
+            self.scale_again = self.scale
+
+    strays = by_name(pb.find_strays(Block()))
+    with contextlib.suppress(pb.DeviceMismatchError):
+        pb.check_devices(Block().to("meta"), "meta")
+    assert registry == {"Block": Block}
+    assert all(stray.confirmed for stray in strays.values()), strays
+
+
+def test_two_names_for_one_tensor_get_their_own_fixes():
+    model = nn.Module()
+    shared = torch.ones(2)
+    model.a = shared
+    model.cache = [shared]
+    strays = by_name(pb.find_strays(model))
+    assert 'register_buffer("a"' in strays["a"].fix
+    assert strays["a"].checked.endswith("saves it as 'a'")
+    assert "register each item" in strays["cache[0]"].fix
+    assert strays["cache[0]"].checked.endswith("saves it as 'cache_0'")
+    with pytest.raises(pb.DeviceMismatchError) as caught:
+        pb.check_devices(EveryStray(), "meta")
+    entries = str(caught.value).replace("\n      ", " ").splitlines()
+    (scale,) = [entry for entry in entries if entry.startswith("  scale ")]
+    assert "call model.to('meta')" in scale, scale
+
+
+def test_a_trainable_plain_tensor_becomes_a_parameter_not_a_buffer():
+    model = nn.Module()
+    model.temperature = torch.ones(1, requires_grad=True)
+    (stray,) = pb.find_strays(model)
+    assert stray.confirmed
+    assert "self.temperature = nn.Parameter(tensor)" in stray.fix
+    assert stray.checked == ".to() reaches it, state_dict() saves it as 'temperature'"
+    # For real: a parameter, trained, and still a leaf after .to().
+    model.temperature = nn.Parameter(vars(model).pop("temperature"))
+    model.to(torch.float64)
+    assert [name for name, _ in model.named_parameters()] == ["temperature"]
+    assert model.temperature.is_leaf
+
+
+def test_models_torch_cannot_move_or_copy_still_get_a_report():
+    class Frozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mask = torch.ones(2)
+
+        def __delattr__(self, name: str) -> None:
+            msg = "frozen"
+            raise AttributeError(msg)
+
+    class NoMove(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mask = torch.ones(2)
+
+        def to(self, *args: object, **kwargs: object) -> NoMove:  # noqa: ARG002
+            msg = "this model cannot move"
+            raise RuntimeError(msg)
+
+    quantized = nn.Module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensors
+        quantized.q = torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8)
+    quantized.mask = torch.ones(2)
+    (frozen,) = pb.find_strays(Frozen())
+    assert not frozen.confirmed
+    assert frozen.checked == "AttributeError: frozen"
+    (no_move,) = pb.find_strays(NoMove())
+    assert (
+        no_move.checked
+        == "not checked: on the copy, RuntimeError: this model cannot move"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # copying a quantized tensor warns, in torch
+        strays = by_name(pb.find_strays(quantized))
+    assert strays["mask"].confirmed
+
+
+def test_a_view_of_a_tied_parameter_is_read_from_inside_the_module():
+    model = nn.Module()
+    model.proj = nn.Linear(3, 2)
+    model.layer = nn.Module()
+    model.layer.proj = nn.Linear(3, 2)
+    model.layer.proj.weight = model.proj.weight  # tied: named first outside the layer
+    model.layer.weight_t = model.proj.weight.t()
+    (stray,) = pb.find_strays(model)
+    assert stray.confirmed, stray.checked
+    assert "return self.proj.weight.t()" in flat(stray.fix)
+
+
+def test_assign_on_a_model_built_on_meta_is_not_told_to_load_without_assign():
+    with torch.device("meta"):
+        model = nn.Linear(2, 2)
+    half = nn.Linear(2, 2).half().state_dict()
+    text = flat(pb.explain_state_dict(model, half, assign=True))
+    assert "take the checkpoint's dtype" in text
+    assert "loading without assign" not in text
+    # torch: loading into meta without assign leaves it on meta, with no data.
+    with pytest.warns(UserWarning, match="meta parameter"):
+        model.load_state_dict(half)
+    assert model.weight.is_meta

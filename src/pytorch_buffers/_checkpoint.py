@@ -496,13 +496,20 @@ def _assign_fixes(
     """The fixes for what ``assign=True`` changed, each done on a meta copy: the
     load without ``assign``, a cast back, the module's own ``tie_weights()``."""
     fixes: dict[str, Any] = {}
-    plain = loader.attempt(loaded, assign=False)
+    expected = root.state_dict(keep_vars=True)
+    # A module built on meta holds no data: a load without assign copies into
+    # nothing (torch only warns), so that is no fix for it.
+    holds_data = not any(
+        isinstance(value, torch.Tensor) and value.device.type == "meta"
+        for value in expected.values()
+    )
+    plain = loader.attempt(loaded, assign=False) if holds_data else None
     fixes["without_assign"] = (
-        not plain.dtype_changes
+        plain is not None
+        and not plain.dtype_changes
         and not plain.broken_ties
         and (plain.non_strict_error is None) == (first.non_strict_error is None)
     )
-    expected = root.state_dict(keep_vars=True)
     if first.dtype_changes:
         counts = Counter(before for _, before, _ in first.dtype_changes)
         dtype = counts.most_common(1)[0][0]

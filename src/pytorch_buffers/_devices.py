@@ -64,21 +64,19 @@ def _fixes(
             continue
         if record.moved_by_to:
             checker.plan_move(record)
-            planned[record.tensor_id] = (
+            planned[id(record)] = (
                 f"call model.to({str(expected)!r}) after creating or loading it"
             )
         else:
-            planned[record.tensor_id] = checker.plan(record, stray_fix(record)[1])
+            planned[id(record)] = checker.plan(record, stray_fix(record)[1])
     fixes = {}
     for record in misplaced:
-        if record.tensor_id not in planned:
-            fixes[record.tensor_id] = _meta_fix(record, expected)
+        if id(record) not in planned:
+            fixes[id(record)] = _meta_fix(record, expected)
             continue
-        verdict = checker.result(record.tensor_id)
+        verdict = checker.result(record)
         if verdict.ok:
-            fix = (
-                f"fix (torch confirmed it on a meta copy): {planned[record.tensor_id]}"
-            )
+            fix = f"fix (torch confirmed it on a meta copy): {planned[id(record)]}"
         else:
             fix = f"no fix that torch confirmed on a meta copy ({verdict.said})"
         if not record.shape and record.device.type == "cpu" and _torch_says()[0]:
@@ -86,7 +84,7 @@ def _fixes(
                 "; harmless to the forward pass: torch accepts a 0-dim CPU tensor "
                 "beside tensors on another device (asked on meta)"
             )
-        fixes[record.tensor_id] = fix
+        fixes[id(record)] = fix
     return fixes
 
 
@@ -166,7 +164,7 @@ def check_devices(module: nn.Module, device: Any = None) -> torch.device:
     groups: dict[tuple[str, ...], list[TensorRecord]] = {}
     fixes = _fixes(root, misplaced, expected)
     for r in misplaced:
-        fix = fixes[r.tensor_id]
+        fix = fixes[id(r)]
         name = pattern(r.name) if grouped else r.name
         groups.setdefault((name, r.kind.value, str(r.device), fix), []).append(r)
     lines = [header]

@@ -1,13 +1,17 @@
-"""Apply each suggested fix to a meta copy and let torch say whether it works.
+"""Make each suggested fix on a meta copy and let torch say whether it works.
 
 A fix is suggested only when, on the copy, ``.to()`` then reaches the tensor and
-``state_dict()`` saves it (or leaves it out, when that is the point); otherwise
-the report says what torch did instead.
+``state_dict()`` saves it under the name the fix gives it; otherwise the report
+says what torch did instead. The copy is cast with ``.to(torch.float64)``: like
+a move to another device, a cast gives every floating-point buffer a new tensor,
+so a second reference that goes stale is seen to go stale.
 """
 
 from __future__ import annotations
 
 import ast
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +23,9 @@ from torch.overrides import TorchFunctionMode
 from ._inventory import TensorKind, TensorRecord
 from ._meta import _meta_twin, meta_copy
 
+#: How every check below moves the copy (see the module's docstring).
+_CAST = torch.float64
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -29,7 +36,11 @@ class Checked:
 
 
 class _RecordTo(TorchFunctionMode):
-    """Notes every tensor ``Tensor.to`` is called on (what ``module.to()`` reaches)."""
+    """Notes every tensor ``Tensor.to`` is called on (what ``module.to()`` reaches).
+
+    A tensor that cannot be converted (a quantized one) is noted and kept as it
+    is, so that one exotic tensor does not hide the verdicts on the others.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,50 +55,41 @@ class _RecordTo(TorchFunctionMode):
     ) -> Any:
         if func is torch.Tensor.to and args:
             self.reached.add(id(args[0]))
+            try:
+                return func(*args, **(kwargs or {}))
+            except (NotImplementedError, RuntimeError):
+                return args[0]
         return func(*args, **(kwargs or {}))
 
 
 # The views of a parameter a module may keep, tried on the real parameter (a
 # view costs no memory) to name the one the module holds.
-_VIEWS: tuple[tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = (
-    ("t()", lambda p: p.t()),
-    ("mT", lambda p: p.mT),
-    ("detach()", lambda p: p.detach()),
-    ("flatten()", lambda p: p.flatten()),
-)
+_VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "t()": lambda p: p.t(),
+    "mT": lambda p: p.mT,
+    "detach()": lambda p: p.detach(),
+    "flatten()": lambda p: p.flatten(),
+}
 
 
 def view_expression(parameter: torch.Tensor, tensor: torch.Tensor) -> str | None:
     """Which of ``_VIEWS`` of ``parameter`` is ``tensor`` (same memory, shape and
     strides), as torch computes it; None if none is."""
-    for text, view in _VIEWS:
+    for text, view in _VIEWS.items():
         try:
             candidate = view(parameter)
-        except RuntimeError:  # e.g. t() of a 3-d tensor
+            same = (
+                candidate.shape == tensor.shape
+                and candidate.stride() == tensor.stride()
+                and candidate.storage_offset() == tensor.storage_offset()
+                and candidate.untyped_storage().data_ptr()
+                == tensor.untyped_storage().data_ptr()
+            )
+        except (RuntimeError, NotImplementedError):  # t() of a 3-d tensor, no storage
             continue
-        same = (
-            candidate.shape == tensor.shape
-            and candidate.stride() == tensor.stride()
-            and candidate.storage_offset() == tensor.storage_offset()
-            and candidate.untyped_storage().data_ptr()
-            == tensor.untyped_storage().data_ptr()
-        )
         if same:
             return text
     return None
-
-
-def _with_property(module: nn.Module, name: str, getter: Callable[[Any], Any]) -> None:
-    """Give this one module (a copy) a property ``name``, as its class would define it."""
-    cls = type(module)
-    module.__class__ = type(cls.__name__, (cls,), {name: property(getter)})
-    vars(module).pop(name, None)
-
-
-def _without_class_tensor(module: nn.Module, name: str) -> None:
-    """Make this one module (a copy) behave as if its class body had no ``name``:
-    reading it falls through to torch's own lookup (parameters, buffers, modules)."""
-    _with_property(module, name, lambda self: nn.Module.__getattr__(self, name))
 
 
 def _relative(owner: str, name: str) -> str | None:
@@ -105,134 +107,149 @@ def _self_expression(relative: str, getter: str) -> str:
     return f"self.{getter}({relative!r})"
 
 
+def _error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class _Expectation:
+    """After the fix, ``.to()`` must reach ``tensor()`` and ``state_dict()`` must
+    hold it under ``key`` (for a registered tensor, ``key`` is "": only the move
+    is in question)."""
+
+    tensor: Callable[[], torch.Tensor | None]
+    key: str
+
+
 class FixChecker:
-    """One meta copy of a module, the fixes for its strays applied to it, one
-    ``.to()`` and one ``state_dict()`` to see what each fix did."""
+    """One meta copy of a module, the fixes for its strays made on it, one
+    ``.to()`` and one ``state_dict()`` to see what each fix did.
+
+    Nothing is done to the module itself, nor to any class: a fix that would
+    change a class (a property, a tensor moved out of the class body) is
+    checked by calling what the class would run, or on a fresh module.
+    """
 
     def __init__(self, root: nn.Module) -> None:
         self.root = root
         self.memo: dict[int, Any] = {}
         self.error: str | None = None
+        self.twin: nn.Module | None = None
         try:
-            self.twin: nn.Module | None = meta_copy(root, self.memo)
+            self.twin = meta_copy(root, self.memo)
         except ValueError as error:
-            self.twin, self.error = None, str(error)
+            cause = error.__cause__
+            self.error = _error(cause) if cause is not None else str(error)
         self._checks: dict[int, Callable[[], Checked]] = {}
+        self._expected: dict[int, _Expectation] = {}
         self._results: dict[int, Checked] = {}
         self._containers: dict[tuple[int, str], str | None] = {}
-        self._counters: dict[tuple[int, str], int] = {}
         self._reached: set[int] = set()
-        self._keys: dict[int, list[str]] = {}  # state_dict keys by tensor id
+        self._saved: dict[str, torch.Tensor] = {}
+        self._ran = False
 
-    def _owner(self, record: TensorRecord) -> nn.Module:
-        assert self.twin is not None
-        return self.twin.get_submodule(record.module_path)
-
-    def _twin_of(self, record: TensorRecord) -> torch.Tensor | None:
-        twin = self.memo.get(record.tensor_id)
-        return twin if isinstance(twin, torch.Tensor) else None
+    # -- what each kind of stray gets -------------------------------------
 
     def plan(self, record: TensorRecord, fix: str) -> str:
-        """Apply the fix for ``record`` to the copy and return the code it
-        suggests (its check runs at :meth:`results`)."""
+        """Make the fix for ``record`` on the copy and return the code it
+        suggests; what torch did is known after :meth:`result`."""
         if self.twin is None:
             return fix
         try:
-            owner = self._owner(record)
-        except AttributeError as error:
+            return self._plan(record, fix)
+        except Exception as error:  # noqa: BLE001  (user modules: any failure means "not confirmed")
             self._fail(record, error)
             return fix
+
+    def _plan(self, record: TensorRecord, fix: str) -> str:
+        assert self.twin is not None
+        owner = self.twin.get_submodule(record.module_path)
         if record.view_of and record.kind is not TensorKind.UNREGISTERED_MODULE:
             return self._plan_view(record, owner, fix)
         if record.alias_of:
             return self._plan_alias(record, owner, fix)
         if record.kind is TensorKind.ATTRIBUTE:
-            return self._plan_register(record, owner, fix)
+            return self._plan_attribute(record, owner, fix)
         if record.kind is TensorKind.CONTAINER_ITEM:
             return self._plan_item(record, owner, fix)
         if record.kind is TensorKind.UNREGISTERED_MODULE:
             return self._plan_module_list(record, owner, fix)
         if record.kind is TensorKind.NON_PERSISTENT_BUFFER:
-            return self._plan_persistent(record, owner, fix)
+            tensor = owner.get_buffer(record.attribute)
+            delattr(owner, record.attribute)
+            self._register(record, owner, record.attribute, tensor)
         return fix
 
     def plan_move(self, record: TensorRecord) -> None:
         """Check that ``.to()`` reaches a registered tensor as the module holds it."""
         if self.twin is not None:
             tensor = self._twin_of(record)
-            self._expect(record, lambda: tensor, saved=None)
+            self._expected[id(record)] = _Expectation(lambda: tensor, "")
 
-    def _expect(
-        self,
-        record: TensorRecord,
-        tensor: Callable[[], torch.Tensor | None],
-        saved: bool | None,
+    def _key(self, record: TensorRecord, local: str) -> str:
+        return f"{record.module_path}.{local}" if record.module_path else local
+
+    def _twin_of(self, record: TensorRecord) -> torch.Tensor | None:
+        twin = self.memo.get(record.tensor_id)
+        return twin if isinstance(twin, torch.Tensor) else None
+
+    def _fail(self, record: TensorRecord, error: BaseException | str) -> None:
+        """The fix could not be made on the copy: ``error`` says why."""
+        said = error if isinstance(error, str) else _error(error)
+        self._checks[id(record)] = lambda: Checked(False, said)
+
+    def _register(
+        self, record: TensorRecord, owner: nn.Module, name: str, tensor: torch.Tensor
     ) -> None:
-        """After the fix, ``.to()`` must reach ``tensor()`` and ``state_dict()``
-        must save it (or not, when ``saved`` is False; either, when None)."""
+        """``owner.register_buffer(name, tensor)`` on the copy, then expect
+        ``.to()`` to reach it and ``state_dict()`` to save it as that name."""
+        owner.register_buffer(name, tensor)
+        self._expected[id(record)] = _Expectation(
+            lambda: owner._buffers.get(name), self._key(record, name)
+        )
 
-        def check() -> Checked:
-            current = tensor()
-            if current is None:
-                return Checked(False, "the copy no longer holds the tensor")
-            keys = self._keys.get(id(current), [])
-            if id(current) not in self._reached:
-                return Checked(False, ".to() still does not reach it")
-            if saved is None:
-                return Checked(True, ".to() reaches it")
-            if saved and not keys:
-                return Checked(
-                    False, ".to() reaches it but state_dict() does not save it"
-                )
-            if not saved and keys:
-                return Checked(False, f"state_dict() saves it as {keys[0]!r}")
-            where = f"saves it as {keys[0]!r}" if keys else "leaves it out"
-            return Checked(True, f".to() reaches it, state_dict() {where}")
-
-        self._checks[record.tensor_id] = check
-
-    def _fail(self, record: TensorRecord, error: BaseException) -> None:
-        said = f"{type(error).__name__}: {error}"
-        self._checks[record.tensor_id] = lambda: Checked(False, said)
-
-    def _plan_register(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
+    def _plan_attribute(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
         name = record.attribute
-        tensor = self._twin_of(record)
-        if tensor is None and name not in vars(
-            owner
-        ):  # a class-body tensor: not copied
-            tensor = _meta_twin(getattr(owner, name))
-        if tensor is None:
-            self._checks[record.tensor_id] = lambda: Checked(
-                False, "torch cannot copy it"
-            )
-            return fix
-        in_class_body = name not in vars(owner)
-        if in_class_body:
-            # register_buffer refuses a name the class already has: the fix is to
-            # move the tensor out of the class body.
-            try:
-                owner.register_buffer(name, tensor)
-            except KeyError as error:
-                refused = str(error).strip("'\"")
-            else:  # pragma: no cover  (torch refuses whenever the class has it)
-                refused = ""
-            _without_class_tensor(owner, name)
-            _, add, option = fix.partition("; add ")
-            fix = (
-                f'move it out of the class body: self.register_buffer("{name}", '
-                f"tensor) in __init__ (while the class has the name, torch refuses: "
-                f"{refused}){add}{option}"
-            )
-        else:
+        if name in vars(owner):
+            tensor = self._twin_of(record)
+            if tensor is None:
+                self._fail(record, "torch cannot copy it")
+                return fix
             delattr(owner, name)
+            if record.requires_grad:
+                setattr(owner, name, nn.Parameter(tensor))
+                self._expected[id(record)] = _Expectation(
+                    lambda: owner._parameters.get(name), self._key(record, name)
+                )
+                return (
+                    f"self.{name} = nn.Parameter(tensor) in __init__, so that it is "
+                    "trained, moved and saved"
+                )
+            self._register(record, owner, name, tensor)
+            return fix
+        # Defined in the class body: register_buffer refuses the name while the
+        # class has it. Ask torch that on the copy, then check the fix (the tensor
+        # registered by __init__) on a fresh module, leaving the class alone.
+        tensor = _meta_twin(getattr(type(owner), name))
+        if tensor is None:
+            self._fail(record, "torch cannot copy it")
+            return fix
         try:
             owner.register_buffer(name, tensor)
-        except (KeyError, TypeError) as error:
-            self._fail(record, error)
+        except KeyError as error:
+            refused = str(error).strip("'\"")
+        else:
+            self._expected[id(record)] = _Expectation(
+                lambda: owner._buffers.get(name), self._key(record, name)
+            )
             return fix
-        self._expect(record, lambda: owner._buffers.get(name), saved=True)
-        return fix
+        self._checks[id(record)] = lambda: _registered_on_a_fresh_module(name, tensor)
+        _, add, option = fix.partition("; add ")
+        return (
+            f'move it out of the class body: self.register_buffer("{name}", tensor) '
+            f"in __init__ (while the class has the name, torch refuses: {refused})"
+            f"{add}{option}"
+        )
 
     @staticmethod
     def _index(record: TensorRecord) -> int | str | None:
@@ -253,23 +270,18 @@ class FixChecker:
     def _plan_item(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
         index = self._index(record)
         if index is None:
-            self._checks[record.tensor_id] = lambda: Checked(
-                False, "an item nested in containers: no one-line fix to apply"
-            )
+            self._fail(record, "an item nested in containers: no one-line fix to apply")
             return fix
         attribute = record.attribute
         if record.requires_grad:
-            key = (id(owner), attribute)
-            if key not in self._containers:
-                self._containers[key] = self._hold_in(
-                    owner, attribute, nn.ParameterList, nn.ParameterDict
-                )
-            refused = self._containers[key]
+            refused = self._hold(owner, attribute, nn.ParameterList, nn.ParameterDict)
             if refused is not None:
-                self._checks[record.tensor_id] = lambda: Checked(False, refused)
+                self._fail(record, refused)
                 return fix
             held = getattr(owner, attribute)
-            self._expect(record, lambda: held[index], saved=True)
+            self._expected[id(record)] = _Expectation(
+                lambda: held[index], self._key(record, f"{attribute}.{index}")
+            )
             holder = type(held).__name__
             opening = "{...}" if holder == "ParameterDict" else "[...]"
             return (
@@ -277,199 +289,242 @@ class FixChecker:
                 f"self.{attribute} = nn.{holder}({opening})"
             )
         tensor = self._twin_of(record)
-        name = f"{attribute}_{index}"
         if tensor is None:
-            self._checks[record.tensor_id] = lambda: Checked(
-                False, "torch cannot copy it"
-            )
+            self._fail(record, "torch cannot copy it")
             return fix
-        try:
-            owner.register_buffer(name, tensor)
-        except (KeyError, TypeError) as error:
-            self._fail(record, error)
-            return fix
-        self._expect(record, lambda: owner._buffers.get(name), saved=True)
+        self._register(record, owner, f"{attribute}_{index}", tensor)
         return fix
 
     def _plan_module_list(
         self, record: TensorRecord, owner: nn.Module, fix: str
     ) -> str:
-        key = (id(owner), record.attribute)
         container = vars(owner).get(record.attribute)
-        if key not in self._containers:
-            self._containers[key] = self._hold_in(
-                owner, record.attribute, nn.ModuleList, nn.ModuleDict
-            )
-        refused = self._containers[key]
+        refused = self._hold(owner, record.attribute, nn.ModuleList, nn.ModuleDict)
         if refused is not None:
-            self._checks[record.tensor_id] = lambda: Checked(False, refused)
+            self._fail(record, refused)
             return fix
         tensor = self._twin_of(record)
-        self._expect(record, lambda: tensor, saved=True)
-        holder = "ModuleDict" if isinstance(container, Mapping) else "ModuleList"
-        if container is None:  # converted for an earlier record
-            holder = type(getattr(owner, record.attribute)).__name__
+        # experts[0].weight is saved as experts.0.weight, heads['a'] as heads.a.
+        local = re.sub(
+            r"\[([^\[\]]+)\]",
+            lambda match: f".{ast.literal_eval(match.group(1))}",
+            record.name.removeprefix(
+                f"{record.module_path}." if record.module_path else ""
+            ),
+        )
+        self._expected[id(record)] = _Expectation(
+            lambda: tensor, self._key(record, local)
+        )
+        holder = type(getattr(owner, record.attribute)).__name__
+        if container is not None:
+            holder = "ModuleDict" if isinstance(container, Mapping) else "ModuleList"
         opening = "{...}" if holder == "ModuleDict" else "[...]"
         return (
             f"hold the modules in nn.{holder} so they are registered: "
             f"self.{record.attribute} = nn.{holder}({opening})"
         )
 
-    @staticmethod
-    def _hold_in(
+    def _hold(
+        self,
         owner: nn.Module,
         attribute: str,
         as_list: type[nn.Module],
         as_dict: type[nn.Module],
     ) -> str | None:
         """Replace the container attribute by ``as_list(...)``/``as_dict(...)`` on
-        the copy; None when torch took it, else what torch refused."""
+        the copy, once per container; None when torch took it, else what torch
+        refused."""
+        key = (id(owner), attribute)
+        if key in self._containers:
+            return self._containers[key]
         container = vars(owner).get(attribute)
+        refused = None
         try:
             if isinstance(container, Mapping):
                 setattr(owner, attribute, as_dict(container))
             elif isinstance(container, list | tuple):
                 setattr(owner, attribute, as_list(container))
             else:
-                return f"a {type(container).__name__} is neither a list nor a dict"
+                refused = f"a {type(container).__name__} is neither a list nor a dict"
         except (TypeError, KeyError, ValueError, AttributeError) as error:
-            return f"{as_list.__name__}/{as_dict.__name__}: {type(error).__name__}: {error}"
-        return None
+            refused = f"{as_list.__name__}/{as_dict.__name__}: {_error(error)}"
+        self._containers[key] = refused
+        return refused
 
     def _plan_view(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
-        parameter_name = record.view_of[0]
-        relative = _relative(record.module_path, parameter_name)
-        original = self.root.get_parameter(parameter_name)
-        expression = None
-        held = self._held(record)
-        if held is not None:
-            expression = view_expression(original, held)
-        if (
-            relative is None
-            or expression is None
-            or record.kind is not TensorKind.ATTRIBUTE
-        ):
-            reason = (
-                "none of "
-                + ", ".join(text for text, _ in _VIEWS)
-                + " of the parameter "
-                "is this view"
-                if expression is None
-                else "the parameter is not inside the module that holds the view"
+        if record.kind is not TensorKind.ATTRIBUTE:
+            self._fail(
+                record, "a view kept inside a container cannot become a property"
             )
-            self._checks[record.tensor_id] = lambda: Checked(False, reason)
             return fix
-        source = _self_expression(relative, "get_parameter")
-        view = dict(_VIEWS)[expression]
-        _with_property(
-            owner, record.attribute, lambda module: view(module.get_parameter(relative))
+        # The parameter under a name inside this module (a tied one may be named
+        # first elsewhere).
+        original = self.root.get_parameter(record.view_of[0])
+        twin_parameter = self.memo.get(id(original))
+        inside = [
+            name
+            for name, candidate in owner.named_parameters(remove_duplicate=False)
+            if candidate is twin_parameter
+        ]
+        if not inside:
+            self._fail(
+                record, "the parameter is not inside the module that holds the view"
+            )
+            return fix
+        relative = inside[0]
+        held = vars(self.root.get_submodule(record.module_path)).get(record.attribute)
+        expression = (
+            view_expression(original, held) if isinstance(held, torch.Tensor) else None
         )
-        twin_parameter = self.twin.get_parameter(parameter_name)  # type: ignore[union-attr]
+        if expression is None:
+            self._fail(
+                record, f"none of {', '.join(_VIEWS)} of the parameter is this view"
+            )
+            return fix
+        view = _VIEWS[expression]
+        parameter = owner.get_parameter(relative)
 
         def check() -> Checked:
-            value = getattr(owner, record.attribute)
-            reached = id(twin_parameter) in self._reached
-            if reached and value._base is twin_parameter:
+            # What the property would return after .to(): the view of the
+            # parameter as the cast left it.
+            now = owner.get_parameter(relative)
+            value = view(now)
+            if id(parameter) not in self._reached:
+                return Checked(False, ".to() does not reach the parameter")
+            if now.is_floating_point() and value.dtype != _CAST:
                 return Checked(
-                    True,
-                    ".to() reaches the parameter and the property returns a view of it",
+                    False, "the property's view does not follow the parameter"
                 )
             return Checked(
-                False, "the property does not return a view of the parameter"
+                True, ".to() reaches the parameter and the property returns its view"
             )
 
-        self._checks[record.tensor_id] = check
+        self._checks[id(record)] = check
+        source = _self_expression(relative, "get_parameter")
         return (
             f"compute it from the parameter where it is needed, e.g. a property: "
             f"@property def {record.attribute}(self): return {source}.{expression}"
         )
 
-    def _held(self, record: TensorRecord) -> torch.Tensor | None:
-        try:
-            value = getattr(
-                self.root.get_submodule(record.module_path), record.attribute
-            )
-        except AttributeError:
-            return None
-        return value if isinstance(value, torch.Tensor) else None
-
     def _plan_alias(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
         buffer_name = record.alias_of[0]
         relative = _relative(record.module_path, buffer_name)
         if relative is None or record.kind is not TensorKind.ATTRIBUTE:
-            said = (
+            self._fail(
+                record,
                 "the buffer is not inside the module that holds the reference"
                 if relative is None
-                else "a reference inside a container cannot become a property"
+                else "a reference inside a container cannot become a property",
             )
-            self._checks[record.tensor_id] = lambda: Checked(False, said)
             return fix
-        source = _self_expression(relative, "get_buffer")
-        _with_property(
-            owner, record.attribute, lambda module: module.get_buffer(relative)
-        )
-        twin = self.twin
-        assert twin is not None
+        stale = vars(owner)[record.attribute]
 
         def check() -> Checked:
-            buffer = twin.get_buffer(buffer_name)
-            if (
-                getattr(owner, record.attribute) is buffer
-                and id(buffer) in self._reached
-            ):
+            # What the property would return after .to(): the buffer the module
+            # holds now; the plain attribute still holds the one from before.
+            buffer = owner.get_buffer(relative)
+            if id(stale) not in self._reached:
+                return Checked(False, ".to() does not reach the buffer")
+            if buffer is stale:
                 return Checked(
                     True,
-                    ".to() reaches the buffer and the property returns it",
+                    ".to() kept the same tensor (not floating point): the property "
+                    "returns the buffer",
                 )
             return Checked(
-                False, "the property does not return the buffer .to() reaches"
+                True,
+                ".to() gives the module a new tensor, which the property returns; the "
+                "plain attribute keeps the old one",
             )
 
-        self._checks[record.tensor_id] = check
+        self._checks[id(record)] = check
+        source = _self_expression(relative, "get_buffer")
         return (
             f"keep no second reference; read {source} where it is needed, or give it "
             f"this name with a property: @property def {record.attribute}(self): "
             f"return {source}"
         )
 
-    def _plan_persistent(self, record: TensorRecord, owner: nn.Module, fix: str) -> str:
-        name = record.attribute
-        tensor = owner._buffers.get(name)
-        if tensor is None:
-            return fix
-        delattr(owner, name)
-        owner.register_buffer(name, tensor, persistent=True)
-        self._expect(record, lambda: owner._buffers.get(name), saved=True)
-        return fix
+    # -- one .to() and one state_dict() for all of them --------------------
 
-    def results(self) -> Mapping[int, Checked]:
-        """Run ``.to()`` and ``state_dict()`` once on the fixed copy; what each fix
-        did, by tensor id (a fix with no entry could not be applied)."""
-        if self._results or not self._checks:
-            return self._results
-        assert self.twin is not None  # plan() adds no check without a copy
-        recorder = _RecordTo()
-        with recorder:
-            self.twin.to("meta")
-        self._reached = recorder.reached
-        for name, value in self.twin.state_dict(keep_vars=True).items():
-            self._keys.setdefault(id(value), []).append(name)
-        for tensor_id, check in self._checks.items():
+    def _run(self) -> None:
+        self._ran = True
+        assert self.twin is not None
+        # The tensors each fix put in place, before .to() replaces any of them.
+        before: dict[int, torch.Tensor | None] = {}
+        for key, expectation in self._expected.items():
             try:
-                self._results[tensor_id] = check()
+                before[key] = expectation.tensor()
+            except Exception as error:  # noqa: BLE001  (user modules)
+                self._results[key] = Checked(False, _error(error))
+        recorder = _RecordTo()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # complex to float64 and the like
+                with recorder:
+                    self.twin.to(_CAST)
+            self._saved = self.twin.state_dict(keep_vars=True)
+        except Exception as error:  # noqa: BLE001  (a module's to() or state_dict() may raise)
+            said = f"not checked: on the copy, {_error(error)}"
+            self._results = {
+                key: Checked(False, said) for key in (*self._checks, *self._expected)
+            }
+            return
+        self._reached = recorder.reached
+        for key, expectation in self._expected.items():
+            if key in before:
+                self._results[key] = self._met(expectation, before[key])
+        for key, check in self._checks.items():
+            try:
+                self._results[key] = check()
             except Exception as error:  # noqa: BLE001  (user modules: any failure means "not confirmed")
-                said = f"{type(error).__name__}: {error}"
-                self._results[tensor_id] = Checked(False, said)
-        return self._results
+                self._results[key] = Checked(False, _error(error))
 
-    def result(self, tensor_id: int) -> Checked:
-        """What the fix for one tensor did (why it was not checked, if it was not)."""
-        found = self.results().get(tensor_id)
-        if found is not None:
-            return found
+    def _met(self, expectation: _Expectation, tensor: torch.Tensor | None) -> Checked:
+        if tensor is None:
+            return Checked(False, "the copy no longer holds the tensor")
+        if id(tensor) not in self._reached:
+            return Checked(False, ".to() still does not reach it")
+        if not expectation.key:
+            return Checked(True, ".to() reaches it")
+        if expectation.key not in self._saved:
+            return Checked(
+                False, f".to() reaches it but state_dict() has no {expectation.key!r}"
+            )
+        return Checked(
+            True, f".to() reaches it, state_dict() saves it as {expectation.key!r}"
+        )
+
+    def result(self, record: TensorRecord) -> Checked:
+        """What the fix for ``record`` did (why it was not checked, if it was not)."""
         if self.twin is None:
-            return Checked(False, f"not checked: {self.error}")
-        return Checked(False, "no way to apply it to a copy")
+            return Checked(
+                False, f"not checked: no meta copy could be made ({self.error})"
+            )
+        if not self._ran:
+            self._run()
+        return self._results.get(
+            id(record), Checked(False, "no way to make it on a copy")
+        )
+
+
+def _registered_on_a_fresh_module(name: str, tensor: torch.Tensor) -> Checked:
+    """A tensor registered by ``__init__`` of a module whose class does not have
+    the name: does ``.to()`` reach it and ``state_dict()`` save it?"""
+    module = nn.Module()
+    module.register_buffer(name, tensor)
+    recorder = _RecordTo()
+    with recorder:
+        module.to(_CAST)
+    if id(tensor) in recorder.reached and name in module.state_dict():
+        return Checked(
+            True,
+            f"register_buffer refuses it; registered by a module without the class "
+            f"attribute, .to() reaches it and state_dict() saves it as {name!r}",
+        )
+    return Checked(
+        False, "registered on a fresh module, .to() or state_dict() misses it"
+    )
 
 
 def checked_fixes(
@@ -477,10 +532,11 @@ def checked_fixes(
     records: Iterable[TensorRecord],
     fix_of: Callable[[TensorRecord], str],
 ) -> dict[int, tuple[str, Checked]]:
-    """For each record (by tensor id): the fix, and what torch did when it was
-    applied to a meta copy of ``root``."""
+    """For each record (by ``id(record)``): the fix, and what torch did when it
+    was made on a meta copy of ``root``."""
     checker = FixChecker(root)
-    planned = {
-        record.tensor_id: checker.plan(record, fix_of(record)) for record in records
+    records = list(records)
+    planned = {id(record): checker.plan(record, fix_of(record)) for record in records}
+    return {
+        id(record): (planned[id(record)], checker.result(record)) for record in records
     }
-    return {key: (fix, checker.result(key)) for key, fix in planned.items()}

@@ -90,6 +90,30 @@ def meta_copy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
             "(with torch.device('meta'): model = Model(...)) and pass that instead"
         )
         raise ValueError(msg) from error
+    # A class whose __deepcopy__ returns the object itself (a shared, frozen
+    # encoder) would put the module's own parts in the copy: refuse, rather than
+    # load into or move the real module.
+    originals = {
+        id(part)
+        for part in (*module.modules(), *module.parameters(), *module.buffers())
+    }
+    shared = [
+        name
+        for name, part in (
+            *copied.named_modules(),
+            *copied.named_parameters(),
+            *copied.named_buffers(),
+        )
+        if id(part) in originals
+    ]
+    if shared:
+        msg = (
+            f"cannot make a meta copy of {type(module).__name__} to ask torch: "
+            f"deepcopy returned the model's own {shared[0] or 'root module'!r} (a "
+            "__deepcopy__ that returns self?); build the model on the meta device "
+            "(with torch.device('meta'): model = Model(...)) and pass that instead"
+        )
+        raise ValueError(msg)
     return copied
 
 

@@ -232,24 +232,31 @@ def find_strays(
     A second reference to a parameter is not (``.to()`` updates the parameter in
     place; torch is asked on a probe module), nor is an attribute the old
     ``weight_norm`` rebuilds before each forward. Wrappers (``torch.compile``,
-    ``DataParallel``, ``DistributedDataParallel``) are looked through. Non-persistent buffers are moved but deliberately not saved;
-    pass ``include_non_persistent=True`` to list them too.
+    ``DataParallel``, ``DistributedDataParallel``) are looked through.
+    Non-persistent buffers are moved but deliberately not saved; pass
+    ``include_non_persistent=True`` to list them too.
 
     Each stray comes with a one-line fix, and the fix is made first on one
     ``meta`` copy of the module (no memory): the tensor registered as a buffer
-    (moved out of the class body, if it is defined there), a container's items
-    registered one by one, its modules held in ``nn.ModuleList``/``ModuleDict``,
-    its tensors that require grad in ``nn.ParameterList``/``ParameterDict``, a
-    view of a parameter or a second reference to a buffer replaced by a
-    property. Then ``.to()`` runs once on the copy, and ``state_dict()`` is read:
-    a fix is suggested only if ``.to()`` then reaches the tensor and
-    ``state_dict()`` saves it (``Stray.checked`` says what torch did). When torch
-    refuses a fix (``nn.ModuleList`` of a list that also holds a tensor), or the
-    module cannot be copied, ``Stray.confirmed`` is False and no fix is
-    suggested. A registered view goes stale after ``.to()``, and a 0-dim CPU
-    tensor is harmless to the forward pass (torch combines it with tensors
-    elsewhere); both are asked of torch on probes. Printed, the report wraps at
-    100 columns (``to_text(width)``). Nothing in the module is changed.
+    (or as an ``nn.Parameter`` if it requires grad; from the class body, on a
+    fresh module, as torch refuses the name while the class has it), a
+    container's items registered one by one, its modules held in
+    ``nn.ModuleList``/``ModuleDict``, its tensors that require grad in
+    ``nn.ParameterList``/``ParameterDict``. Then the copy is cast once with
+    ``.to(torch.float64)`` (a cast, like a move, gives buffers new tensors) and
+    ``state_dict()`` is read: a fix is suggested only if ``.to()`` reached the
+    tensor and ``state_dict()`` saves it under the fix's name
+    (``Stray.checked`` says what torch did). A view of a parameter or a second
+    reference to a buffer gets a property, checked by computing what the
+    property would return after the cast; no class is changed or created.
+    When torch refuses a fix (``nn.ModuleList`` of a list that also holds a
+    tensor), or the module cannot be copied, ``Stray.confirmed`` is False and
+    no fix is suggested. A registered view goes stale after ``.to()``, and a
+    0-dim CPU tensor is harmless to the forward pass (torch combines it with
+    tensors elsewhere); both are asked of torch on probes. The copy and its
+    checks cost time only when there are strays (``benchmarks/inventory.py``
+    measures it). Printed, the report wraps
+    at 100 columns (``to_text(width)``). Nothing in the module is changed.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module`` or the flag is not a bool.
@@ -279,15 +286,15 @@ def find_strays(
     ]
     if not found:
         return StrayReport((), notes=records.notes)
-    problems = {record.tensor_id: _fix(record) for record in found}
-    checked = checked_fixes(root, found, lambda record: problems[record.tensor_id][1])
+    problems = {id(record): _fix(record) for record in found}
+    checked = checked_fixes(root, found, lambda record: problems[id(record)][1])
     strays = []
     for record in found:
-        fix, verdict = checked[record.tensor_id]
+        fix, verdict = checked[id(record)]
         strays.append(
             Stray(
                 record,
-                problems[record.tensor_id][0],
+                problems[id(record)][0],
                 fix if verdict.ok else "",
                 checked=verdict.said,
                 confirmed=verdict.ok,
