@@ -137,9 +137,9 @@ show(pb.inventory(attention))
 # %%
 # :func:`pytorch_buffers.find_strays` keeps only the tensors that will not follow
 # the module, each with the change that fixes it. The library makes that change
-# on a ``meta`` copy of the module first (it costs no memory) and suggests it only
-# if torch's ``.to()`` then reaches the tensor and ``state_dict()`` saves it; the
-# last line of each entry says what torch did:
+# on a ``meta`` copy of the module first and suggests it only if torch's
+# ``.to()`` then reaches the tensor and ``state_dict()`` saves it; the last line
+# of each entry says what torch did:
 
 attention_strays = pb.find_strays(attention)
 show(attention_strays)
@@ -150,6 +150,11 @@ import copy
 (mask_stray,) = attention_strays
 assert mask_stray.confirmed, "claim: torch confirmed the fix on a meta copy"
 assert 'register_buffer("mask"' in mask_stray.fix, "claim: the fix registers the mask"
+assert str(attention_strays).splitlines()[-1].strip() == (
+    f"checked on a meta copy: {mask_stray.checked}"
+), "claim: the last line says what torch did"
+assert mask_stray.checked.startswith(".to() reaches it"), "claim: .to() reaches it"
+assert mask_stray.checked.endswith("saves it as 'mask'"), "claim: state_dict() saves it"
 # The same change made for real, on a copy of the module: .to() casts the mask
 # and state_dict() saves it.
 registered = copy.deepcopy(attention)
