@@ -166,6 +166,58 @@ assert "mask" in registered.state_dict(), "claim: state_dict() saves it"
 assert type(attention) is CausalAttentionWithoutBuffers, "claim: nothing was changed"
 assert attention.mask.dtype == torch.float32, "claim: nothing was changed"
 del registered
+
+
+# While the report was made, Tensor.to never touched the module's own tensors
+# (torch's copies of them went to meta), and the move it checked ran on meta
+# tensors: the change was made on a meta copy.
+class MovedTensors(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.tensors, self.devices = set(), set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to:
+            self.tensors.add(id(args[0]))
+            self.devices.add(args[0].device.type)
+        return func(*args, **(kwargs or {}))
+
+
+own_tensors = {id(tensor) for tensor in (*attention.parameters(), attention.mask)}
+with MovedTensors() as moved_tensors:
+    pb.find_strays(attention)
+assert not moved_tensors.tensors & own_tensors, "claim: the module itself is not moved"
+assert "meta" in moved_tensors.devices, "claim: the change is made on a meta copy"
+# sphinx_gallery_end_ignore
+
+# %%
+# When torch refuses the change, the report suggests none and says why. A plain
+# list that holds a module and a tensor cannot become an ``nn.ModuleList``; the
+# tensor beside the module can still become a buffer:
+
+
+class MixedParts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.parts = [nn.Linear(2, 2), torch.ones(2)]
+
+
+mixed_strays = pb.find_strays(MixedParts())
+show(mixed_strays)
+
+# sphinx_gallery_start_ignore
+refused = mixed_strays[0]
+assert mixed_strays[-1].record.name == "parts[1]", "claim: the tensor is listed"
+assert mixed_strays[-1].confirmed, "claim: the tensor can still become a buffer"
+assert not refused.confirmed, "claim: the report suggests no change"
+assert refused.fix == "", "claim: the report suggests no change"
+assert "is not a Module subclass" in refused.checked, "claim: torch refuses ModuleList"
+try:
+    nn.ModuleList(MixedParts().parts)
+except TypeError as error:
+    assert "is not a Module subclass" in str(error), "claim: torch refuses, for real"
+else:
+    raise AssertionError("claim: nn.ModuleList refuses a list that holds a tensor")
 # sphinx_gallery_end_ignore
 
 # %%
@@ -315,6 +367,9 @@ print("parameters():", len(list(cache_as_parameters.parameters())))
 print("state_dict():", list(cache_as_parameters.state_dict()))
 assert all(p.requires_grad for p in cache_as_parameters), (
     "claim: nn.ParameterList makes the cache trainable"
+)
+assert len(list(cache_as_parameters.parameters())) == 2, (
+    "claim: an optimizer built from parameters() gets the cache"
 )
 assert list(cache_as_parameters.state_dict()) == ["0", "1"], (
     "claim: nn.ParameterList puts the cache in every checkpoint"
@@ -516,7 +571,7 @@ assert spy.weight.device.type == "cpu", "claim: the model itself stays where it 
 #   (attributes and containers included), with kind, device, and whether
 #   ``.to()`` and ``state_dict()`` handle them.
 # - ``pb.find_strays(model)`` names the tensors that will not follow the module,
-#   each with a one-line fix that torch confirmed on a ``meta`` copy of the
+#   each with a one-line fix where torch confirmed one on a ``meta`` copy of the
 #   model; ``pb.check_devices(model, device)`` after
 #   ``.to(device)`` names, before the first forward pass, every tensor it finds
 #   left on another device.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import warnings
 
@@ -194,7 +195,9 @@ def test_a_fix_torch_refuses_is_not_suggested():
     assert not refused.confirmed
     assert refused.fix == ""
     assert "is not a Module subclass" in refused.checked
-    assert "fix: none that torch confirmed" in flat(refused)
+    assert "fix: none that torch confirmed (ModuleList/ModuleDict: TypeError" in flat(
+        refused
+    )
     assert not strays["nested[0][0]"].confirmed
     assert strays["parts[1]"].confirmed  # the tensor beside it can be a buffer
 
@@ -270,8 +273,8 @@ def test_a_copy_that_shares_the_models_parts_is_refused_not_changed():
     encoder = model[0]
     (mask, *_) = pb.find_strays(model)
     assert not mask.confirmed
-    assert "deepcopy returned the model's own '0'" in mask.checked
-    with pytest.raises(ValueError, match="deepcopy returned the model's own"):
+    assert "the copy holds the model's own '0.scale'" in mask.checked
+    with pytest.raises(ValueError, match="the copy holds the model's own"):
         pb.explain_state_dict(model, model.state_dict())
     assert type(encoder) is SharedEncoder
     assert list(encoder._buffers) == ["scale"]
@@ -399,3 +402,93 @@ def test_assign_on_a_model_built_on_meta_is_not_told_to_load_without_assign():
     with pytest.warns(UserWarning, match="meta parameter"):
         model.load_state_dict(half)
     assert model.weight.is_meta
+
+
+class Frozen(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2, 2)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Frozen:
+        return self
+
+
+def test_a_shared_module_in_a_plain_list_is_not_cast_by_the_checks():
+    model = nn.Module()
+    model.head = nn.Linear(2, 2)
+    model.encoders = [Frozen()]
+    weight = model.encoders[0].proj.weight
+    strays = pb.find_strays(model)
+    with pytest.raises(pb.DeviceMismatchError, match="no fix that torch confirmed"):
+        pb.check_devices(model, "meta")
+    assert all(not stray.confirmed for stray in strays)
+    assert weight.dtype == torch.float32
+    assert model.encoders[0].proj.weight is weight
+
+
+def test_a_deepcopy_that_returns_no_module_gives_a_report_not_a_crash():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mask = torch.ones(2)
+
+        def __deepcopy__(self, memo: dict[int, object]) -> None:
+            return None
+
+    (stray,) = pb.find_strays(Odd())
+    assert stray.checked.startswith("not checked: cannot make a meta copy of Odd")
+    with pytest.raises(ValueError, match="deepcopy returned a NoneType"):
+        pb.explain_state_dict(Odd(), {})
+
+
+def test_a_tensor_computed_from_parameters_is_not_made_a_parameter():
+    model = nn.Module()
+    model.proj = nn.Linear(2, 2)
+    model.scaled = model.proj.weight * 2  # has a grad_fn: a result, not a weight
+    (stray,) = pb.find_strays(model)
+    assert "nn.Parameter" not in stray.fix
+    assert 'register_buffer("scaled", tensor.detach())' in flat(stray.fix)
+    assert stray.confirmed
+
+
+def test_a_container_mixing_tensors_to_train_and_others_gets_no_fix():
+    model = nn.Module()
+    model.extra = [torch.zeros(2, requires_grad=True), torch.ones(2)]
+    strays = pb.find_strays(model)
+    assert [stray.confirmed for stray in strays] == [False, False]
+    assert "tensors to train and others" in strays[0].checked
+
+
+def test_a_cast_back_counts_non_persistent_buffers_too():
+    class Rotary(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 2)
+            inv_freq = torch.ones(2, dtype=torch.float64)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    saved = {k: v.to(torch.bfloat16) for k, v in Rotary().state_dict().items()}
+    text = flat(pb.explain_state_dict(Rotary(), saved, assign=True))
+    assert (
+        "would leave 1 tensor(s) with another dtype than the module's: inv_freq" in text
+    )
+    real = Rotary()
+    real.load_state_dict(copy.deepcopy(saved), assign=True)
+    real.to(torch.float32)
+    assert real.inv_freq.dtype == torch.float32  # the module had float64
+
+
+def test_a_model_that_refuses_casts_is_checked_with_a_move():
+    class NoCasts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mask = torch.ones(2)
+
+        def to(self, *args: object, **kwargs: object) -> NoCasts:
+            if any(isinstance(arg, torch.dtype) for arg in args):
+                msg = "`.to` is not supported for quantized models"
+                raise ValueError(msg)
+            return super().to(*args, **kwargs)  # type: ignore[return-value]
+
+    (stray,) = pb.find_strays(NoCasts())
+    assert stray.confirmed, stray.checked

@@ -27,7 +27,13 @@ from ._keys import (
     shape_advice,
     unexpected_row,
 )
-from ._meta import LoadAttempt, MetaLoader, after_assign, reshaped_attempt
+from ._meta import (
+    LoadAttempt,
+    MetaLoader,
+    _named_tensors,
+    after_assign,
+    reshaped_attempt,
+)
 from ._module import as_module
 from ._text import WIDTH, fit, pattern, render_text
 
@@ -515,14 +521,13 @@ def _assign_fixes(
         dtype = counts.most_common(1)[0][0]
         after = after_assign(root, loaded, lambda twin: twin.to(dtype))
         if after is not None:
+            held = _named_tensors(root)
             fixes["cast_back"] = (
                 dtype,
                 tuple(
                     name
-                    for name, value in expected.items()
-                    if isinstance(value, torch.Tensor)
-                    and name in after
-                    and after[name].dtype != value.dtype
+                    for name, value in held.items()
+                    if name in after and after[name].dtype != value.dtype
                 ),
             )
     tie_weights = getattr(root, "tie_weights", None)

@@ -78,7 +78,7 @@ def _fixes(
         if verdict.ok:
             fix = f"fix (torch confirmed it on a meta copy): {planned[id(record)]}"
         else:
-            fix = f"no fix that torch confirmed on a meta copy ({verdict.said})"
+            fix = f"no fix that torch confirmed ({verdict.said})"
         if not record.shape and record.device.type == "cpu" and _torch_says()[0]:
             fix += (
                 "; harmless to the forward pass: torch accepts a 0-dim CPU tensor "

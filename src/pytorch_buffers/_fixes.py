@@ -139,7 +139,11 @@ class FixChecker:
             self.twin = meta_copy(root, self.memo)
         except ValueError as error:
             cause = error.__cause__
-            self.error = _error(cause) if cause is not None else str(error)
+            self.error = (
+                f"no meta copy could be made ({_error(cause)})"
+                if cause is not None
+                else str(error)
+            )
         self._checks: dict[int, Callable[[], Checked]] = {}
         self._expected: dict[int, _Expectation] = {}
         self._results: dict[int, Checked] = {}
@@ -215,8 +219,11 @@ class FixChecker:
             if tensor is None:
                 self._fail(record, "torch cannot copy it")
                 return fix
+            original = vars(self.root.get_submodule(record.module_path)).get(name)
             delattr(owner, name)
-            if record.requires_grad:
+            # A leaf that requires grad is meant to be trained; one computed from
+            # other tensors (it has a grad_fn) is a result, kept as a buffer.
+            if record.requires_grad and getattr(original, "is_leaf", False):
                 setattr(owner, name, nn.Parameter(tensor))
                 self._expected[id(record)] = _Expectation(
                     lambda: owner._parameters.get(name), self._key(record, name)
@@ -226,6 +233,12 @@ class FixChecker:
                     "trained, moved and saved"
                 )
             self._register(record, owner, name, tensor)
+            if record.requires_grad:
+                return fix.replace(
+                    f'"{name}", tensor)', f'"{name}", tensor.detach())', 1
+                ).replace(
+                    " in __init__", " in __init__ (it has a grad_fn: detach it)", 1
+                )
             return fix
         # Defined in the class body: register_buffer refuses the name while the
         # class has it. Ask torch that on the copy, then check the fix (the tensor
@@ -273,6 +286,13 @@ class FixChecker:
             self._fail(record, "an item nested in containers: no one-line fix to apply")
             return fix
         attribute = record.attribute
+        if self._mixed(record):
+            self._fail(
+                record,
+                "the container holds tensors to train and others: no one-line fix "
+                "serves both",
+            )
+            return fix
         if record.requires_grad:
             refused = self._hold(owner, attribute, nn.ParameterList, nn.ParameterDict)
             if refused is not None:
@@ -294,6 +314,17 @@ class FixChecker:
             return fix
         self._register(record, owner, f"{attribute}_{index}", tensor)
         return fix
+
+    def _mixed(self, record: TensorRecord) -> bool:
+        """Whether the container attribute that holds ``record`` (in the model)
+        holds tensors that require grad and tensors that do not."""
+        owner = self.root.get_submodule(record.module_path)
+        container = vars(owner).get(record.attribute)
+        items = container.values() if isinstance(container, Mapping) else container
+        if not isinstance(items, Iterable):
+            return False
+        flags = {item.requires_grad for item in items if isinstance(item, torch.Tensor)}
+        return len(flags) > 1
 
     def _plan_module_list(
         self, record: TensorRecord, owner: nn.Module, fix: str
@@ -457,12 +488,8 @@ class FixChecker:
                 before[key] = expectation.tensor()
             except Exception as error:  # noqa: BLE001  (user modules)
                 self._results[key] = Checked(False, _error(error))
-        recorder = _RecordTo()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # complex to float64 and the like
-                with recorder:
-                    self.twin.to(_CAST)
+            self._reached = self._move(self.twin)
             self._saved = self.twin.state_dict(keep_vars=True)
         except Exception as error:  # noqa: BLE001  (a module's to() or state_dict() may raise)
             said = f"not checked: on the copy, {_error(error)}"
@@ -470,7 +497,6 @@ class FixChecker:
                 key: Checked(False, said) for key in (*self._checks, *self._expected)
             }
             return
-        self._reached = recorder.reached
         for key, expectation in self._expected.items():
             if key in before:
                 self._results[key] = self._met(expectation, before[key])
@@ -479,6 +505,22 @@ class FixChecker:
                 self._results[key] = check()
             except Exception as error:  # noqa: BLE001  (user modules: any failure means "not confirmed")
                 self._results[key] = Checked(False, _error(error))
+
+    @staticmethod
+    def _move(twin: nn.Module) -> set[int]:
+        """``twin.to(torch.float64)``, or ``twin.to("meta")`` for a module that
+        refuses casts (quantized ones do); the ids of the tensors it reached."""
+        recorder = _RecordTo()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # complex to float64 and the like
+            try:
+                with recorder:
+                    twin.to(_CAST)
+            except (ValueError, TypeError, RuntimeError):
+                recorder = _RecordTo()
+                with recorder:
+                    twin.to("meta")
+        return recorder.reached
 
     def _met(self, expectation: _Expectation, tensor: torch.Tensor | None) -> Checked:
         if tensor is None:
@@ -498,9 +540,7 @@ class FixChecker:
     def result(self, record: TensorRecord) -> Checked:
         """What the fix for ``record`` did (why it was not checked, if it was not)."""
         if self.twin is None:
-            return Checked(
-                False, f"not checked: no meta copy could be made ({self.error})"
-            )
+            return Checked(False, f"not checked: {self.error}")
         if not self._ran:
             self._run()
         return self._results.get(

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
+from ._inventory import inventory
 from ._module import wrapped_module
 
 
@@ -80,7 +81,7 @@ def meta_copy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
                 memo[id(value)] = type(value)()
     try:
         with _CopyOnMeta():
-            copied: nn.Module = copy.deepcopy(module, memo)
+            copied: Any = copy.deepcopy(module, memo)
     except (
         Exception
     ) as error:  # arbitrary user objects: any failure means "cannot copy"
@@ -90,31 +91,44 @@ def meta_copy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Modul
             "(with torch.device('meta'): model = Model(...)) and pass that instead"
         )
         raise ValueError(msg) from error
-    # A class whose __deepcopy__ returns the object itself (a shared, frozen
-    # encoder) would put the module's own parts in the copy: refuse, rather than
-    # load into or move the real module.
-    originals = {
-        id(part)
-        for part in (*module.modules(), *module.parameters(), *module.buffers())
-    }
-    shared = [
-        name
-        for name, part in (
-            *copied.named_modules(),
-            *copied.named_parameters(),
-            *copied.named_buffers(),
-        )
-        if id(part) in originals
-    ]
-    if shared:
+    if not isinstance(copied, nn.Module):
         msg = (
             f"cannot make a meta copy of {type(module).__name__} to ask torch: "
-            f"deepcopy returned the model's own {shared[0] or 'root module'!r} (a "
-            "__deepcopy__ that returns self?); build the model on the meta device "
-            "(with torch.device('meta'): model = Model(...)) and pass that instead"
+            f"deepcopy returned a {type(copied).__name__}; build the model on the meta "
+            "device (with torch.device('meta'): model = Model(...)) and pass that instead"
+        )
+        raise ValueError(msg)  # noqa: TRY004  (documented: a module that cannot be copied)
+    shared = _shared_tensor(module, copied)
+    if shared is not None:
+        # A class whose __deepcopy__ returns the object itself (a shared, frozen
+        # encoder) puts the model's own tensors in the copy: refuse, rather than
+        # load into or move the real module.
+        msg = (
+            f"cannot make a meta copy of {type(module).__name__} to ask torch: "
+            f"the copy holds the model's own {shared!r} (a __deepcopy__ that returns "
+            "self?); build the model on the meta device (with torch.device('meta'): "
+            "model = Model(...)) and pass that instead"
         )
         raise ValueError(msg)
     return copied
+
+
+def _shared_tensor(module: nn.Module, copied: nn.Module) -> str | None:
+    """The name of a tensor the copy shares with ``module`` (None if none), found
+    wherever the inventory looks: registered, in attributes, in containers.
+    Tensors in a class body belong to the class and are shared by design."""
+    in_classes = {
+        id(tensor)
+        for sub in copied.modules()
+        for klass in type(sub).__mro__
+        for tensor in vars(klass).values()
+        if isinstance(tensor, torch.Tensor)
+    }
+    originals = {record.tensor_id for record in inventory(module)} - in_classes
+    for record in inventory(copied):
+        if record.tensor_id in originals:
+            return record.name
+    return None
 
 
 def copy_for_loading(module: nn.Module) -> nn.Module:
@@ -232,8 +246,9 @@ def after_assign(
     then: Callable[[nn.Module], object],
 ) -> dict[str, torch.Tensor] | None:
     """Load ``state_dict`` with ``assign=True`` into a meta copy, call ``then`` on
-    the copy (a suggested fix), and return its ``state_dict(keep_vars=True)``;
-    None when the load or the fix raises."""
+    the copy (a suggested fix), and return every parameter and buffer it then
+    holds, by name (non-persistent buffers and tied names included); None when
+    the load or the fix raises."""
     twin = copy_for_loading(module)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*to a meta parameter.*no-op")
@@ -242,7 +257,15 @@ def after_assign(
             then(twin)
         except Exception:  # noqa: BLE001  (a module's hooks or method may raise anything)
             return None
-    return twin.state_dict(keep_vars=True)
+    return _named_tensors(twin)
+
+
+def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` by name, tied names included."""
+    return {
+        **dict(module.named_parameters(remove_duplicate=False)),
+        **dict(module.named_buffers(remove_duplicate=False)),
+    }
 
 
 def reshaped_attempt(

@@ -34,8 +34,9 @@ class Stray:
     confirmed: bool = True
 
     def _fix_lines(self) -> str:
-        fix = self.fix if self.confirmed else "none that torch confirmed"
-        return f"    fix: {fix}\n    checked on a meta copy: {self.checked}"
+        if not self.confirmed:
+            return f"    fix: none that torch confirmed ({self.checked})"
+        return f"    fix: {self.fix}\n    checked on a meta copy: {self.checked}"
 
     def __str__(self) -> str:
         return f"{', '.join(self.record.names)}: {self.problem}\n{self._fix_lines()}"
@@ -206,7 +207,7 @@ class StrayReport(tuple[Stray, ...]):
                 ", ".join(s.record.names),
                 s.problem,
                 s.fix if s.confirmed else "none that torch confirmed",
-                s.checked,
+                s.checked if s.confirmed else f"not confirmed: {s.checked}",
             )
             for s in self
         ]
