@@ -202,7 +202,8 @@ class MixedParts(nn.Module):
         self.parts = [nn.Linear(2, 2), torch.ones(2)]
 
 
-mixed_strays = pb.find_strays(MixedParts())
+mixed = MixedParts()
+mixed_strays = pb.find_strays(mixed)
 show(mixed_strays)
 
 # sphinx_gallery_start_ignore
@@ -214,7 +215,7 @@ assert refused.fix == "", "claim: the report suggests no change"
 assert "is not a Module subclass" in refused.checked, "claim: torch refuses ModuleList"
 module_list_refusal = ""
 try:
-    nn.ModuleList(MixedParts().parts)
+    nn.ModuleList(mixed.parts)
 except TypeError as error:
     module_list_refusal = str(error)
 assert "is not a Module subclass" in module_list_refusal, (

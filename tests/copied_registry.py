@@ -255,6 +255,7 @@ NOT_OFFERED: dict[tuple[str, str], str] = {
     ("04_find_the_stray", "Block"): _STRAYS,
     ("04_find_the_stray", "TinyGPT"): _STRAYS,
     ("04_find_the_stray", "MixedParts"): _STRAYS,
+    ("04_find_the_stray", "MovedTensors"): _INSTRUMENT,
     ("04_find_the_stray", "FixedRotary"): _PART.format("FixedTinyGPT"),
     ("04_find_the_stray", "FixedAttention"): _PART.format("FixedTinyGPT"),
     ("04_find_the_stray", "FixedBlock"): _PART.format("FixedTinyGPT"),
